@@ -1,0 +1,21 @@
+# Finds what tlcpu's headers need. Used by the build tree and by the installed
+# tlcpuConfig.cmake, so a consumer's find_package(tlcpu) gets the same targets.
+include(CMakeFindDependencyMacro)
+find_dependency(Eigen3 3.3 NO_MODULE)
+find_dependency(dnnl 2.6)
+find_dependency(OpenMP)
+find_dependency(nlohmann_json 3)
+
+# Debian's libstb-dev ships the implementations compiled into libstb.a, so no
+# translation unit of ours has to define STB_IMAGE_IMPLEMENTATION.
+if(NOT TARGET tlcpu::stb)
+  find_path(TLCPU_STB_INCLUDE_DIR stb_image.h PATH_SUFFIXES stb)
+  find_library(TLCPU_STB_LIBRARY NAMES stb)
+  if(NOT TLCPU_STB_INCLUDE_DIR OR NOT TLCPU_STB_LIBRARY)
+    message(FATAL_ERROR "tlcpu: stb not found (install Debian's libstb-dev)")
+  endif()
+  add_library(tlcpu::stb UNKNOWN IMPORTED)
+  set_target_properties(tlcpu::stb PROPERTIES
+    IMPORTED_LOCATION "${TLCPU_STB_LIBRARY}"
+    INTERFACE_INCLUDE_DIRECTORIES "${TLCPU_STB_INCLUDE_DIR}")
+endif()

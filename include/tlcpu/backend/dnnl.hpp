@@ -1,0 +1,120 @@
+// tlcpu: the oneDNN side of the library. One engine and one stream for the process, a
+// per-layer cache of primitives keyed by input shape, and the reorders that move data
+// between oneDNN's blocked layouts and plain tensors at the network's edges.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <oneapi/dnnl/dnnl.hpp>
+
+#include "tlcpu/core/tensor.hpp"
+
+namespace tlcpu {
+
+using dims = dnnl::memory::dims;  // the same type as Shape: std::vector<int64_t>
+using tag = dnnl::memory::format_tag;
+using dt = dnnl::memory::data_type;
+
+// Forward propagation kind: inference lets oneDNN skip what backward would need.
+enum class Mode { inference, training };
+
+class Backend {
+public:
+    static Backend& get() {
+        static Backend b;
+        return b;
+    }
+    const dnnl::engine& engine() const { return engine_; }
+    dnnl::stream& stream() { return stream_; }
+
+    // Every primitive goes through here, so tests can count what ran (a frozen layer must
+    // run no backward primitive) without instrumenting each layer.
+    void run(const dnnl::primitive& p, const std::unordered_map<int, dnnl::memory>& args) {
+        p.execute(stream_, args);
+        ++executed_;
+    }
+    uint64_t executed() const { return executed_; }
+    void wait() { stream_.wait(); }
+
+private:
+    Backend() : engine_(dnnl::engine::kind::cpu, 0), stream_(engine_) {}
+    dnnl::engine engine_;
+    dnnl::stream stream_;
+    uint64_t executed_ = 0;
+};
+
+
+inline tag plain_tag(size_t rank) {
+    switch (rank) {
+        case 1: return tag::a;
+        case 2: return tag::ab;
+        case 3: return tag::abc;
+        case 4: return tag::abcd;
+        case 5: return tag::abcde;
+    }
+    fail("no plain layout for rank " + std::to_string(rank));
+}
+
+inline dnnl::memory::desc plain_desc(const dims& d) { return {d, dt::f32, plain_tag(d.size())}; }
+
+// A dnnl::memory over a Tensor's own bytes: no copy; the tensor must outlive the memory.
+inline dnnl::memory view(const Tensor& t) {
+    return {plain_desc(dims(t.shape().begin(), t.shape().end())), Backend::get().engine(),
+            const_cast<float*>(t.data())};
+}
+
+inline void reorder(const dnnl::memory& src, const dnnl::memory& dst) {
+    auto& be = Backend::get();
+    be.run(dnnl::reorder(src, dst), {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, dst}});
+}
+
+// Copies a oneDNN memory in any layout out into a plain tensor (an edge of the network).
+inline Tensor to_tensor(const dnnl::memory& m) {
+    dims d = m.get_desc().dims();
+    Tensor t(Shape(d.begin(), d.end()));
+    reorder(m, view(t));
+    Backend::get().wait();
+    return t;
+}
+
+// Returns m itself when it already has the layout a primitive wants, else reorders it into
+// `scratch` (allocated once per plan). Inside the backbone this is a no-op: every conv picks
+// the same blocked layout, so reorders happen only at the edges.
+inline const dnnl::memory& as_desc(const dnnl::memory& m, const dnnl::memory::desc& want,
+                                   dnnl::memory& scratch) {
+    if (m.get_desc() == want) return m;
+    if (!scratch || scratch.get_desc() != want) scratch = dnnl::memory(want, Backend::get().engine());
+    reorder(m, scratch);
+    return scratch;
+}
+
+// Primitives and their buffers, built once per input layout and reused. A handful of
+// entries covers what training sees (the batch size, the last short batch, batch 1).
+template <class Plan>
+class PlanCache {
+public:
+    template <class Make>
+    Plan& get(const dnnl::memory::desc& key, Mode mode, Make&& make) {
+        for (auto& e : entries_)
+            if (e.mode == mode && e.key == key) return *e.plan;
+        if (entries_.size() == kMax) entries_.erase(entries_.begin());
+        entries_.push_back({key, mode, std::make_unique<Plan>(make())});
+        return *entries_.back().plan;
+    }
+    void clear() { entries_.clear(); }
+
+private:
+    static constexpr size_t kMax = 4;
+    struct Entry {
+        dnnl::memory::desc key;
+        Mode mode;
+        std::unique_ptr<Plan> plan;
+    };
+    std::vector<Entry> entries_;
+};
+
+}  // namespace tlcpu

@@ -1,0 +1,59 @@
+// tlcpu: ReLU (a oneDNN eltwise primitive on the backbone) and softmax (on the head's logits).
+#pragma once
+#include <cmath>
+#include <string>
+
+#include "tlcpu/layers/layer.hpp"
+
+namespace tlcpu {
+
+class ReLU {
+public:
+    static constexpr int in_channels = any_channels, out_channels = any_channels;
+    template <class F>
+    void visit(const std::string&, F&&) {}
+
+    const dnnl::memory& forward(const dnnl::memory& x, Mode mode) {
+        Plan& p = plans_.get(x.get_desc(), mode, [&] {
+            auto prop = mode == Mode::inference ? dnnl::prop_kind::forward_inference
+                                                : dnnl::prop_kind::forward_training;
+            auto& eng = Backend::get().engine();
+            Plan q;
+            q.pd = {{prop, dnnl::algorithm::eltwise_relu, x.get_desc(), 0.f}, eng};
+            q.prim = dnnl::eltwise_forward(q.pd);
+            q.dst = dnnl::memory(q.pd.dst_desc(), eng);
+            return q;
+        });
+        Backend::get().run(p.prim, {{DNNL_ARG_SRC, x}, {DNNL_ARG_DST, p.dst}});
+        out_ = &p.dst;
+        return p.dst;
+    }
+    const dnnl::memory& output() const { return *out_; }
+
+private:
+    struct Plan {
+        dnnl::eltwise_forward::primitive_desc pd;
+        dnnl::eltwise_forward prim;
+        dnnl::memory dst;
+    };
+    PlanCache<Plan> plans_;
+    const dnnl::memory* out_ = nullptr;
+};
+
+// Row-wise softmax of [N, K] logits; subtracting the row maximum keeps exp() finite.
+inline Tensor softmax(const Tensor& logits) {
+    check(logits.rank() == 2, "softmax expects [N, K] logits, got " + to_string(logits.shape()));
+    Tensor p(logits.shape());
+    const int64_t n = logits.dim(0), k = logits.dim(1);
+    for (int64_t i = 0; i < n; ++i) {
+        const float* z = logits.data() + i * k;
+        float* q = p.data() + i * k;
+        float mx = *std::max_element(z, z + k);
+        double sum = 0;
+        for (int64_t j = 0; j < k; ++j) sum += q[j] = std::exp(z[j] - mx);
+        for (int64_t j = 0; j < k; ++j) q[j] = float(q[j] / sum);
+    }
+    return p;
+}
+
+}  // namespace tlcpu

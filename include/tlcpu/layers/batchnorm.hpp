@@ -1,0 +1,172 @@
+// tlcpu: batch normalisation. BatchNorm2d runs as a oneDNN primitive on the backbone's
+// activations; BatchNorm1d is the head's, on a plain [N, C] tensor with Eigen.
+#pragma once
+#include <cmath>
+#include <string>
+
+#include <Eigen/Core>
+
+#include "tlcpu/layers/layer.hpp"
+
+namespace tlcpu {
+
+// How a BatchNorm normalises in Mode::training. Inference mode uses the running statistics
+// even while training (what Keras does for a pretrained backbone, and what avoids the
+// fine-tuning collapse of small batches); batch mode uses the batch's own statistics and
+// updates the running ones. In Mode::inference both use the running statistics.
+enum class BNMode { inference, batch };
+
+// Running statistics follow PyTorch's convention: running = (1 - momentum) * running +
+// momentum * batch, with the unbiased batch variance. Keras' momentum m is 1 - m here.
+struct BNConfig {
+    float eps = 1e-5f;
+    float momentum = 0.1f;
+    BNMode mode = BNMode::inference;
+};
+
+template <int C>
+class BatchNorm2d {
+    static_assert(C > 0, "tlcpu: BatchNorm2d needs a positive channel count");
+
+public:
+    static constexpr int in_channels = C, out_channels = C;
+    Param weight{{C}, 1.f}, bias{{C}, 0.f};
+    Param running_mean{{C}, 0.f, ParamKind::buffer}, running_var{{C}, 1.f, ParamKind::buffer};
+    BNConfig config;
+
+    template <class F>
+    void visit(const std::string& prefix, F&& f) {
+        f(prefix + "weight", weight);
+        f(prefix + "bias", bias);
+        f(prefix + "running_mean", running_mean);
+        f(prefix + "running_var", running_var);
+    }
+
+    bool uses_batch_stats(Mode mode) const { return mode == Mode::training && config.mode == BNMode::batch; }
+
+    const dnnl::memory& forward(const dnnl::memory& x, Mode mode) {
+        const bool batch = uses_batch_stats(mode);
+        Plan& p = plans_.get(x.get_desc(), batch ? Mode::training : Mode::inference,
+                             [&] { return make(x.get_desc(), batch); });
+        std::unordered_map<int, dnnl::memory> args{
+            {DNNL_ARG_SRC, x},
+            {DNNL_ARG_DST, p.dst},
+            {DNNL_ARG_SCALE, view(weight.value)},
+            {DNNL_ARG_SHIFT, view(bias.value)}};
+        if (batch) {
+            args[DNNL_ARG_MEAN] = p.mean;
+            args[DNNL_ARG_VARIANCE] = p.var;
+        } else {
+            args[DNNL_ARG_MEAN] = view(running_mean.value);
+            args[DNNL_ARG_VARIANCE] = view(running_var.value);
+        }
+        Backend::get().run(p.prim, args);
+        if (batch) update_running(p, x.get_desc().dims());
+        out_ = &p.dst;
+        return p.dst;
+    }
+    const dnnl::memory& output() const { return *out_; }
+
+private:
+    struct Plan {
+        dnnl::batch_normalization_forward::primitive_desc pd;
+        dnnl::batch_normalization_forward prim;
+        dnnl::memory dst, mean, var;  // mean/var: this batch's statistics (batch mode)
+    };
+
+    Plan make(const dnnl::memory::desc& xd, bool batch) const {
+        dims d = xd.dims();
+        check(d.size() == 4 && d[1] == C, "BatchNorm2d<" + std::to_string(C) + "> got input " + to_string(d));
+        auto flags = dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift;
+        if (!batch) flags = flags | dnnl::normalization_flags::use_global_stats;
+        auto prop = batch ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
+        auto& eng = Backend::get().engine();
+        Plan p;
+        p.pd = {{prop, xd, config.eps, flags}, eng};
+        p.prim = dnnl::batch_normalization_forward(p.pd);
+        p.dst = dnnl::memory(p.pd.dst_desc(), eng);
+        if (batch) {
+            p.mean = dnnl::memory(p.pd.mean_desc(), eng);
+            p.var = dnnl::memory(p.pd.variance_desc(), eng);
+        }
+        return p;
+    }
+
+    void update_running(Plan& p, const dims& d) {
+        Backend::get().wait();
+        const double n = double(d[0] * d[2] * d[3]);
+        const float m = config.momentum, unbias = n > 1 ? float(n / (n - 1)) : 1.f;
+        const float* bm = static_cast<const float*>(p.mean.get_data_handle());
+        const float* bv = static_cast<const float*>(p.var.get_data_handle());
+        for (int c = 0; c < C; ++c) {
+            running_mean.value[c] = (1 - m) * running_mean.value[c] + m * bm[c];
+            running_var.value[c] = (1 - m) * running_var.value[c] + m * bv[c] * unbias;
+        }
+        running_mean.touch();
+        running_var.touch();
+    }
+
+    PlanCache<Plan> plans_;
+    const dnnl::memory* out_ = nullptr;
+};
+
+// The head's BatchNorm over features [N, C]. Training mode normalises with the batch's
+// biased variance (as PyTorch and Keras do) and keeps what backward needs.
+template <int C>
+class BatchNorm1d {
+    static_assert(C > 0, "tlcpu: BatchNorm1d needs a positive feature count");
+
+public:
+    static constexpr int in_channels = C, out_channels = C;
+    Param weight{{C}, 1.f}, bias{{C}, 0.f};
+    Param running_mean{{C}, 0.f, ParamKind::buffer}, running_var{{C}, 1.f, ParamKind::buffer};
+    BNConfig config{1e-5f, 0.1f, BNMode::batch};
+
+    template <class F>
+    void visit(const std::string& prefix, F&& f) {
+        f(prefix + "weight", weight);
+        f(prefix + "bias", bias);
+        f(prefix + "running_mean", running_mean);
+        f(prefix + "running_var", running_var);
+    }
+
+    const Tensor& forward(const Tensor& x, Mode mode) {
+        check(x.rank() == 2 && x.dim(1) == C, "BatchNorm1d<" + std::to_string(C) + "> got input " + to_string(x.shape()));
+        const int64_t n = x.dim(0);
+        using Mat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+        using Row = Eigen::Array<float, 1, Eigen::Dynamic>;
+        Eigen::Map<const Mat> X(x.data(), n, C);
+        Row mean, var;
+        const bool batch = mode == Mode::training && config.mode == BNMode::batch;
+        if (batch) {
+            check(n > 1, "BatchNorm1d in batch mode needs more than one sample per batch");
+            mean = X.colwise().mean().array();
+            var = (X.rowwise() - mean.matrix()).array().square().colwise().mean();
+            const float m = config.momentum;
+            Eigen::Map<Row> rm(running_mean.value.data(), C), rv(running_var.value.data(), C);
+            rm = (1 - m) * rm + m * mean;
+            rv = (1 - m) * rv + m * var * float(double(n) / double(n - 1));
+            running_mean.touch();
+            running_var.touch();
+        } else {
+            mean = Eigen::Map<const Row>(running_mean.value.data(), C);
+            var = Eigen::Map<const Row>(running_var.value.data(), C);
+        }
+        inv_std_ = (var + config.eps).rsqrt();
+        if (y_.shape() != x.shape()) y_ = Tensor(x.shape());
+        if (xhat_.shape() != x.shape()) xhat_ = Tensor(x.shape());
+        Eigen::Map<Mat> XH(xhat_.data(), n, C), Y(y_.data(), n, C);
+        XH = ((X.array().rowwise() - mean).rowwise() * inv_std_).matrix();
+        Y = ((XH.array().rowwise() * Eigen::Map<const Row>(weight.value.data(), C)).rowwise() +
+             Eigen::Map<const Row>(bias.value.data(), C))
+                .matrix();
+        return y_;
+    }
+    const Tensor& output() const { return y_; }
+
+private:
+    Tensor y_, xhat_;
+    Eigen::Array<float, 1, Eigen::Dynamic> inv_std_;
+};
+
+}  // namespace tlcpu

@@ -1,0 +1,81 @@
+// tlcpu: the head's fully connected layer and dropout, on plain [N, C] tensors with Eigen.
+#pragma once
+#include <string>
+
+#include <Eigen/Core>
+
+#include "tlcpu/core/random.hpp"
+#include "tlcpu/layers/layer.hpp"
+
+namespace tlcpu {
+
+using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+// Dense<In, Out>: y = x W^T + b, W in PyTorch's [Out, In] order so weights load by name.
+template <int In, int Out>
+class Dense {
+    static_assert(In > 0 && Out > 0, "tlcpu: Dense needs positive sizes");
+
+public:
+    static constexpr int in_channels = In, out_channels = Out;
+    Param weight{{Out, In}, 0.f}, bias{{Out}, 0.f};
+
+    template <class F>
+    void visit(const std::string& prefix, F&& f) {
+        f(prefix + "weight", weight);
+        f(prefix + "bias", bias);
+    }
+
+    const Tensor& forward(const Tensor& x, Mode) {
+        check(x.rank() == 2 && x.dim(1) == In,
+              "Dense<" + std::to_string(In) + "," + std::to_string(Out) + "> got input " + to_string(x.shape()));
+        const int64_t n = x.dim(0);
+        if (y_.shape() != Shape{n, Out}) y_ = Tensor({n, Out});
+        Eigen::Map<const RowMat> X(x.data(), n, In), W(weight.value.data(), Out, In);
+        Eigen::Map<RowMat> Y(y_.data(), n, Out);
+        Y.noalias() = X * W.transpose();
+        Y.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(bias.value.data(), Out);
+        return y_;
+    }
+    const Tensor& output() const { return y_; }
+
+private:
+    Tensor y_;
+};
+
+// Inverted dropout: in training, zero each element with probability p and scale the rest by
+// 1/(1-p); in inference, the identity. The mask is a function of (seed, step, index) only.
+class Dropout {
+public:
+    static constexpr int in_channels = any_channels, out_channels = any_channels;
+    float p = 0.f;
+    uint64_t seed = 0;
+    uint64_t step = 0;  // advanced by the trainer each batch
+
+    template <class F>
+    void visit(const std::string&, F&&) {}
+
+    const Tensor& forward(const Tensor& x, Mode mode) {
+        check(p >= 0.f && p < 1.f, "Dropout rate must be in [0, 1), got " + std::to_string(p));
+        if (mode == Mode::inference || p == 0.f) {
+            out_ = &x;
+            return x;
+        }
+        if (y_.shape() != x.shape()) y_ = Tensor(x.shape());
+        if (mask_.shape() != x.shape()) mask_ = Tensor(x.shape());
+        const float keep = 1.f / (1.f - p);
+        for (int64_t i = 0; i < x.size(); ++i) {
+            mask_[i] = uniform01(seed, 0xD50Full + step, uint64_t(i)) < p ? 0.f : keep;
+            y_[i] = x[i] * mask_[i];
+        }
+        out_ = &y_;
+        return y_;
+    }
+    const Tensor& output() const { return *out_; }
+
+private:
+    Tensor y_, mask_;
+    const Tensor* out_ = nullptr;
+};
+
+}  // namespace tlcpu

@@ -1,0 +1,116 @@
+// tlcpu: max pooling and global average pooling as oneDNN primitives.
+#pragma once
+#include <string>
+
+#include "tlcpu/layers/conv.hpp"
+
+namespace tlcpu {
+
+// Output size with PyTorch's ceil_mode rule: round up, but a window may not start in the
+// right padding (so the last window always covers at least one real input element).
+constexpr int64_t pool_out(int64_t in, int k, int s, int pad, bool ceil) {
+    if (!ceil) return conv_out(in, k, s, pad);
+    int64_t o = (in + 2 * pad - k + s - 1) / s + 1;
+    if ((o - 1) * s >= in + pad) --o;
+    return o;
+}
+
+// MaxPool2d<K, S, P, Ceil>: K x K window, stride S, padding P (which never wins the max).
+// Caffe's ResNet stem is MaxPool2d<3, 2, 0, true>, torchvision's MaxPool2d<3, 2, 1, false>.
+template <int K, int S, int P = 0, bool Ceil = false>
+class MaxPool2d {
+    static_assert(K > 0 && S > 0 && P >= 0 && 2 * P <= K,
+                  "tlcpu: MaxPool2d needs kernel > 0, stride > 0 and padding at most half the kernel");
+
+public:
+    static constexpr int in_channels = any_channels, out_channels = any_channels;
+    template <class F>
+    void visit(const std::string&, F&&) {}
+
+    const dnnl::memory& forward(const dnnl::memory& x, Mode mode) {
+        Plan& p = plans_.get(x.get_desc(), mode, [&] { return make(x.get_desc(), mode); });
+        std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, x}, {DNNL_ARG_DST, p.dst}};
+        if (p.workspace) args[DNNL_ARG_WORKSPACE] = p.workspace;
+        Backend::get().run(p.prim, args);
+        out_ = &p.dst;
+        return p.dst;
+    }
+    const dnnl::memory& output() const { return *out_; }
+
+private:
+    struct Plan {
+        dnnl::pooling_forward::primitive_desc pd;
+        dnnl::pooling_forward prim;
+        dnnl::memory dst, workspace;  // workspace: argmax positions, for backward
+    };
+    static Plan make(const dnnl::memory::desc& xd, Mode mode) {
+        dims d = xd.dims();
+        check(d.size() == 4, "MaxPool2d got input " + to_string(d));
+        int64_t oh = pool_out(d[2], K, S, P, Ceil), ow = pool_out(d[3], K, S, P, Ceil);
+        check(oh > 0 && ow > 0, "MaxPool2d input " + to_string(d) + " is smaller than its window");
+        // oneDNN takes explicit right padding; ceil mode is just more of it.
+        dims pr{(oh - 1) * S + K - d[2] - P, (ow - 1) * S + K - d[3] - P};
+        auto prop = mode == Mode::inference ? dnnl::prop_kind::forward_inference
+                                            : dnnl::prop_kind::forward_training;
+        auto& eng = Backend::get().engine();
+        Plan p;
+        p.pd = {{prop, dnnl::algorithm::pooling_max, xd,
+                 dnnl::memory::desc({d[0], d[1], oh, ow}, dt::f32, tag::any), {S, S}, {K, K},
+                 {P, P}, pr},
+                eng};
+        p.prim = dnnl::pooling_forward(p.pd);
+        p.dst = dnnl::memory(p.pd.dst_desc(), eng);
+        if (mode == Mode::training) p.workspace = dnnl::memory(p.pd.workspace_desc(), eng);
+        return p;
+    }
+    PlanCache<Plan> plans_;
+    const dnnl::memory* out_ = nullptr;
+};
+
+// Global average pooling: [N, C, H, W] in any layout to a plain [N, C] tensor. This is the
+// backbone's exit, where activations leave oneDNN's layouts for the Eigen head.
+class GlobalAvgPool {
+public:
+    static constexpr int in_channels = any_channels, out_channels = any_channels;
+    template <class F>
+    void visit(const std::string&, F&&) {}
+
+    const Tensor& forward(const dnnl::memory& x, Mode mode) {
+        Plan& p = plans_.get(x.get_desc(), mode, [&] {
+            dims d = x.get_desc().dims();
+            check(d.size() == 4, "GlobalAvgPool got input " + to_string(d));
+            auto& eng = Backend::get().engine();
+            Plan q;
+            q.pd = {{dnnl::prop_kind::forward_inference, dnnl::algorithm::pooling_avg_exclude_padding,
+                     x.get_desc(), dnnl::memory::desc({d[0], d[1], 1, 1}, dt::f32, tag::any),
+                     {1, 1}, {d[2], d[3]}, {0, 0}, {0, 0}},
+                    eng};
+            q.prim = dnnl::pooling_forward(q.pd);
+            q.dst = dnnl::memory(q.pd.dst_desc(), eng);
+            q.out = Tensor({d[0], d[1]});
+            q.out_mem = dnnl::memory({{d[0], d[1], 1, 1}, dt::f32, tag::nchw}, eng, q.out.data());
+            return q;
+        });
+        auto& be = Backend::get();
+        be.run(p.prim, {{DNNL_ARG_SRC, x}, {DNNL_ARG_DST, p.dst}});
+        reorder(p.dst, p.out_mem);
+        be.wait();
+        in_dims_ = x.get_desc().dims();
+        out_ = &p.out;
+        return p.out;
+    }
+    const Tensor& output() const { return *out_; }
+
+private:
+    struct Plan {
+        dnnl::pooling_forward::primitive_desc pd;
+        dnnl::pooling_forward prim;
+        dnnl::memory dst, out_mem;
+        Tensor out;
+    };
+    PlanCache<Plan> plans_;
+    const Tensor* out_ = nullptr;
+    dims in_dims_;
+};
+
+}  // namespace tlcpu

@@ -1,0 +1,92 @@
+// tlcpu: composition. Sequential<A, B, C> is a layer whose forward is C(B(A(x))); its
+// channel counts are checked pairwise when the type is formed, so a wrong network does not
+// compile. Residual add lives here too: it is the one layer that takes two inputs.
+#pragma once
+#include <string>
+#include <tuple>
+#include <type_traits>
+
+#include "tlcpu/layers/layer.hpp"
+
+namespace tlcpu {
+
+namespace detail {
+template <int Have, class... Ls>
+struct chain {
+    static constexpr int out = Have;
+};
+template <int Have, class L, class... Rest>
+struct chain<Have, L, Rest...> {
+    static_assert(channels_match<Have, L::in_channels>::value);
+    static constexpr int out = chain<after<Have, L>, Rest...>::out;
+};
+}  // namespace detail
+
+template <class... Ls>
+class Sequential {
+    static_assert(sizeof...(Ls) > 0, "tlcpu: an empty Sequential has nothing to compute");
+    using First = std::tuple_element_t<0, std::tuple<Ls...>>;
+
+public:
+    static constexpr int in_channels = First::in_channels;
+    static constexpr int out_channels = detail::chain<in_channels, Ls...>::out;
+    static constexpr size_t size = sizeof...(Ls);
+
+    std::tuple<Ls...> layers;
+
+    template <size_t I>
+    auto& get() { return std::get<I>(layers); }
+    template <size_t I>
+    const auto& get() const { return std::get<I>(layers); }
+
+    template <class F>
+    void visit(const std::string& prefix, F&& f) {
+        std::apply([&](auto&... l) { (l.visit(child_prefix<std::remove_cvref_t<decltype(l)>>(prefix), f), ...); },
+                   layers);
+    }
+
+    const dnnl::memory& forward(const dnnl::memory& x, Mode mode) {
+        const dnnl::memory* cur = &x;
+        std::apply([&](auto&... l) { ((cur = &l.forward(*cur, mode)), ...); }, layers);
+        out_ = cur;
+        return *cur;
+    }
+    const dnnl::memory& output() const { return *out_; }
+
+private:
+    const dnnl::memory* out_ = nullptr;
+};
+
+// y = a + b, elementwise, in a's layout (a oneDNN binary primitive).
+class Add {
+public:
+    const dnnl::memory& forward(const dnnl::memory& a, const dnnl::memory& b) {
+        Plan& p = plans_.get(a.get_desc(), Mode::inference, [&] {
+            check(a.get_desc().dims() == b.get_desc().dims(),
+                  "residual add of different shapes " + to_string(a.get_desc().dims()) + " and " +
+                      to_string(b.get_desc().dims()));
+            auto& eng = Backend::get().engine();
+            Plan q;
+            q.pd = {{dnnl::algorithm::binary_add, a.get_desc(), a.get_desc(), a.get_desc()}, eng};
+            q.prim = dnnl::binary(q.pd);
+            q.dst = dnnl::memory(q.pd.dst_desc(), eng);
+            return q;
+        });
+        const dnnl::memory& bb = as_desc(b, a.get_desc(), p.scratch);
+        Backend::get().run(p.prim, {{DNNL_ARG_SRC_0, a}, {DNNL_ARG_SRC_1, bb}, {DNNL_ARG_DST, p.dst}});
+        out_ = &p.dst;
+        return p.dst;
+    }
+    const dnnl::memory& output() const { return *out_; }
+
+private:
+    struct Plan {
+        dnnl::binary::primitive_desc pd;
+        dnnl::binary prim;
+        dnnl::memory dst, scratch;
+    };
+    PlanCache<Plan> plans_;
+    const dnnl::memory* out_ = nullptr;
+};
+
+}  // namespace tlcpu

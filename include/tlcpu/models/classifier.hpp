@@ -1,0 +1,58 @@
+// tlcpu: a backbone plus the transfer-learning head of the recipe:
+// global average pool -> BatchNorm1d -> Dropout -> Dense (logits; softmax is applied by the
+// loss or by the caller). Head parameters are named head_bn.* and head_fc.*.
+#pragma once
+#include <string>
+
+#include "tlcpu/layers/activation.hpp"
+#include "tlcpu/layers/batchnorm.hpp"
+#include "tlcpu/layers/dense.hpp"
+#include "tlcpu/layers/pool.hpp"
+
+namespace tlcpu {
+
+template <int In, int Classes>
+class Head {
+    static_assert(Classes >= 2, "tlcpu: a classifier head needs at least two classes");
+
+public:
+    static constexpr int in_channels = In, out_channels = Classes;
+    GlobalAvgPool pool;
+    BatchNorm1d<In> bn;
+    Dropout drop;
+    Dense<In, Classes> fc;
+
+    template <class F>
+    void visit(const std::string& prefix, F&& f) {
+        bn.visit(prefix + "head_bn.", f);
+        fc.visit(prefix + "head_fc.", f);
+    }
+    const Tensor& forward(const dnnl::memory& x, Mode m) {
+        return fc.forward(drop.forward(bn.forward(pool.forward(x, m), m), m), m);
+    }
+    const Tensor& features() const { return pool.output(); }
+};
+
+template <class Backbone, int Classes>
+class Classifier {
+public:
+    static constexpr int in_channels = Backbone::in_channels;
+    static constexpr int features = Backbone::out_channels;
+    static constexpr int classes = Classes;
+    Backbone backbone;
+    Head<features, Classes> head;
+
+    template <class F>
+    void visit(const std::string& prefix, F&& f) {
+        backbone.visit(prefix, f);
+        head.visit(prefix, f);
+    }
+    // x: [N, 3, H, W] preprocessed images, plain NCHW. Returns the logits [N, Classes].
+    const Tensor& forward(const Tensor& x, Mode m) {
+        check(x.rank() == 4 && x.dim(1) == in_channels,
+              "classifier input must be [N," + std::to_string(in_channels) + ",H,W], got " + to_string(x.shape()));
+        return head.forward(backbone.forward(view(x), m), m);
+    }
+};
+
+}  // namespace tlcpu

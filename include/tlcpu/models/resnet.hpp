@@ -1,0 +1,120 @@
+// tlcpu: ResNet-50 composed from layer templates, in both stride layouts and any width.
+//
+//   ResNet50<Layout::v1>            caffe / Keras weights (stride on the first 1x1 conv,
+//                                   stem max-pool pad 0 ceil mode)
+//   ResNet50<Layout::v1_5>          torchvision / timm weights (stride on the 3x3 conv,
+//                                   stem max-pool pad 1)
+//   ResNet50<L, 4>                  1/16 width (stem 4 channels), the fixture network
+//   ResNet50<L, 64, Depth::c4>      ends after layer3: 1024 features at stride 16
+//
+// Parameter names are torchvision's, so a state_dict exported to safetensors loads by name.
+#pragma once
+#include <array>
+#include <string>
+
+#include "tlcpu/layers/activation.hpp"
+#include "tlcpu/layers/batchnorm.hpp"
+#include "tlcpu/layers/conv.hpp"
+#include "tlcpu/layers/pool.hpp"
+#include "tlcpu/layers/sequential.hpp"
+
+namespace tlcpu {
+
+enum class Layout { v1, v1_5 };
+struct Empty {};
+enum class Depth { c4, c5 };  // c4: stem + layer1..3; c5: + layer4
+
+inline const char* to_string(Layout l) { return l == Layout::v1 ? "v1" : "v1.5"; }
+
+// Bottleneck<In, Width, Out, Stride, L>: 1x1 (In -> Width), 3x3 (Width -> Width),
+// 1x1 (Width -> Out), plus a projection shortcut when the shape changes; ReLU after the sum.
+template <int In, int Width, int Out, int Stride, Layout L>
+class Bottleneck {
+    static constexpr int S1 = L == Layout::v1 ? Stride : 1;  // where the stride sits
+    static constexpr int S2 = L == Layout::v1 ? 1 : Stride;
+
+public:
+    static constexpr int in_channels = In, out_channels = Out;
+    static constexpr bool has_projection = Stride != 1 || In != Out;
+
+    Conv2d<In, Width, 1, S1, 0> conv1;
+    BatchNorm2d<Width> bn1;
+    ReLU relu1;
+    Conv2d<Width, Width, 3, S2, 1> conv2;
+    BatchNorm2d<Width> bn2;
+    ReLU relu2;
+    Conv2d<Width, Out, 1, 1, 0> conv3;
+    BatchNorm2d<Out> bn3;
+    Add add;
+    ReLU relu3;
+    // torchvision's "downsample.0" / "downsample.1", present only when the shape changes
+    [[no_unique_address]] std::conditional_t<has_projection, Conv2d<In, Out, 1, Stride, 0>, Empty> down_conv;
+    [[no_unique_address]] std::conditional_t<has_projection, BatchNorm2d<Out>, Empty> down_bn;
+
+    template <class F>
+    void visit(const std::string& prefix, F&& f) {
+        conv1.visit(prefix + "conv1.", f);
+        bn1.visit(prefix + "bn1.", f);
+        conv2.visit(prefix + "conv2.", f);
+        bn2.visit(prefix + "bn2.", f);
+        conv3.visit(prefix + "conv3.", f);
+        bn3.visit(prefix + "bn3.", f);
+        if constexpr (has_projection) {
+            down_conv.visit(prefix + "downsample.0.", f);
+            down_bn.visit(prefix + "downsample.1.", f);
+        }
+    }
+
+    const dnnl::memory& forward(const dnnl::memory& x, Mode m) {
+        const auto& h = relu1.forward(bn1.forward(conv1.forward(x, m), m), m);
+        const auto& g = relu2.forward(bn2.forward(conv2.forward(h, m), m), m);
+        const auto& main = bn3.forward(conv3.forward(g, m), m);
+        const dnnl::memory* shortcut = &x;
+        if constexpr (has_projection) shortcut = &down_bn.forward(down_conv.forward(x, m), m);
+        return relu3.forward(add.forward(main, *shortcut), m);
+    }
+    const dnnl::memory& output() const { return relu3.output(); }
+};
+
+// Stage<In, Width, Blocks, Stride, L>: one strided block, then Blocks-1 identical ones.
+template <int In, int Width, int Blocks, int Stride, Layout L>
+class Stage {
+    static_assert(Blocks >= 1, "tlcpu: a stage needs at least one block");
+
+public:
+    static constexpr int in_channels = In, out_channels = 4 * Width;
+    Bottleneck<In, Width, 4 * Width, Stride, L> first;
+    std::array<Bottleneck<4 * Width, Width, 4 * Width, 1, L>, Blocks - 1> rest;
+
+    template <class F>
+    void visit(const std::string& prefix, F&& f) {
+        first.visit(prefix + "0.", f);
+        for (size_t i = 0; i < rest.size(); ++i) rest[i].visit(prefix + std::to_string(i + 1) + ".", f);
+    }
+    const dnnl::memory& forward(const dnnl::memory& x, Mode m) {
+        const dnnl::memory* cur = &first.forward(x, m);
+        for (auto& b : rest) cur = &b.forward(*cur, m);
+        return *cur;
+    }
+    const dnnl::memory& output() const { return rest.empty() ? first.output() : rest.back().output(); }
+};
+
+template <int C, Layout L>
+using Stem = Sequential<Named<"conv1", Conv2d<3, C, 7, 2, 3>>, Named<"bn1", BatchNorm2d<C>>, ReLU,
+                        MaxPool2d<3, 2, L == Layout::v1 ? 0 : 1, L == Layout::v1>>;
+
+template <Layout L, int B>
+using ResNet50C4 = Sequential<Stem<B, L>, Named<"layer1", Stage<B, B, 3, 1, L>>,
+                              Named<"layer2", Stage<4 * B, 2 * B, 4, 2, L>>,
+                              Named<"layer3", Stage<8 * B, 4 * B, 6, 2, L>>>;
+template <Layout L, int B>
+using ResNet50C5 = Sequential<Stem<B, L>, Named<"layer1", Stage<B, B, 3, 1, L>>,
+                              Named<"layer2", Stage<4 * B, 2 * B, 4, 2, L>>,
+                              Named<"layer3", Stage<8 * B, 4 * B, 6, 2, L>>,
+                              Named<"layer4", Stage<16 * B, 8 * B, 3, 2, L>>>;
+
+// B is the stem width: 64 for ResNet-50, 4 for the 1/16-width fixture network.
+template <Layout L, int B = 64, Depth D = Depth::c5>
+using ResNet50 = std::conditional_t<D == Depth::c5, ResNet50C5<L, B>, ResNet50C4<L, B>>;
+
+}  // namespace tlcpu

@@ -1,0 +1,23 @@
+// Paths into ../shared and small helpers shared by the tests.
+#pragma once
+#include <string>
+
+#include <tlcpu/tlcpu.hpp>
+
+namespace tlcpu::test {
+
+inline std::string shared(const std::string& rel) { return std::string(TLCPU_SHARED_DIR) + "/" + rel; }
+
+// Mean over H and W of a [N, C, H, W] tensor: the fixtures' "pool.*" keys.
+inline Tensor spatial_mean(const Tensor& t) {
+    const int64_t n = t.dim(0), c = t.dim(1), hw = t.dim(2) * t.dim(3);
+    Tensor m({n, c});
+    for (int64_t i = 0; i < n * c; ++i) {
+        double s = 0;
+        for (int64_t j = 0; j < hw; ++j) s += t[i * hw + j];
+        m[i] = float(s / double(hw));
+    }
+    return m;
+}
+
+}  // namespace tlcpu::test
