@@ -1,10 +1,19 @@
 # Finds what tlcpu's headers need. Used by the build tree and by the installed
 # tlcpuConfig.cmake, so a consumer's find_package(tlcpu) gets the same targets.
 include(CMakeFindDependencyMacro)
-find_dependency(Eigen3 3.3 NO_MODULE)
-find_dependency(dnnl 2.6)
-find_dependency(OpenMP)
-find_dependency(nlohmann_json 3)
+# Inside find_package(tlcpu) a missing dependency must make that call report "not found";
+# in our own build it must stop configuration at once, naming the package.
+macro(tlcpu_find_dependency)
+  if(CMAKE_FIND_PACKAGE_NAME)
+    find_dependency(${ARGN})
+  else()
+    find_package(${ARGN} REQUIRED)
+  endif()
+endmacro()
+tlcpu_find_dependency(Eigen3 3.3 NO_MODULE)
+tlcpu_find_dependency(dnnl 2.6)
+tlcpu_find_dependency(OpenMP)
+tlcpu_find_dependency(nlohmann_json 3)
 
 # Debian's libstb-dev ships the implementations compiled into libstb.a, so no
 # translation unit of ours has to define STB_IMAGE_IMPLEMENTATION.

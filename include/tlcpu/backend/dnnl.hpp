@@ -31,9 +31,26 @@ public:
     const dnnl::engine& engine() const { return engine_; }
     dnnl::stream& stream() { return stream_; }
 
-    // Every primitive goes through here, so tests can count what ran (a frozen layer must
-    // run no backward primitive) without instrumenting each layer.
-    void run(const dnnl::primitive& p, const std::unordered_map<int, dnnl::memory>& args) {
+    // Every primitive is created with this: its scratch memory comes from one buffer the
+    // backend owns, instead of a malloc/free per execution (which page-faults heavily).
+    static dnnl::primitive_attr attr() {
+        dnnl::primitive_attr a;
+        a.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+        return a;
+    }
+
+    // Every primitive runs through here: it gets the shared scratchpad, and tests can count
+    // what ran (a frozen layer must run no backward primitive).
+    void run(const dnnl::primitive& p, std::unordered_map<int, dnnl::memory> args) {
+        const dnnl_memory_desc_t* md = dnnl_primitive_desc_query_md(p.get_primitive_desc(), dnnl_query_scratchpad_md, 0);
+        if (const size_t need = md ? dnnl_memory_desc_get_size(md) : 0) {
+            if (need > scratch_size_) {
+                scratch_.reset(static_cast<char*>(std::aligned_alloc(64, (need + 63) / 64 * 64)));
+                if (!scratch_) fail("out of memory allocating a " + std::to_string(need) + "-byte oneDNN scratchpad");
+                scratch_size_ = need;
+            }
+            args[DNNL_ARG_SCRATCHPAD] = dnnl::memory(dnnl::memory::desc(*md), engine_, scratch_.get());
+        }
         p.execute(stream_, args);
         ++executed_;
     }
@@ -45,6 +62,9 @@ private:
     dnnl::engine engine_;
     dnnl::stream stream_;
     uint64_t executed_ = 0;
+    struct Free { void operator()(char* p) const { std::free(p); } };
+    std::unique_ptr<char, Free> scratch_;
+    size_t scratch_size_ = 0;
 };
 
 
@@ -69,7 +89,7 @@ inline dnnl::memory view(const Tensor& t) {
 
 inline void reorder(const dnnl::memory& src, const dnnl::memory& dst) {
     auto& be = Backend::get();
-    be.run(dnnl::reorder(src, dst), {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, dst}});
+    be.run(dnnl::reorder(src, dst, Backend::attr()), {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, dst}});
 }
 
 // Copies a oneDNN memory in any layout out into a plain tensor (an edge of the network).

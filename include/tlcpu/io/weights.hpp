@@ -6,7 +6,9 @@
 
 #include "tlcpu/core/param.hpp"
 #include "tlcpu/core/random.hpp"
+#include "tlcpu/io/image.hpp"
 #include "tlcpu/io/safetensors.hpp"
+#include "tlcpu/models/resnet.hpp"
 
 namespace tlcpu {
 
@@ -53,6 +55,37 @@ inline std::string bn_after_conv(const std::string& conv) {
     if (leaf.starts_with("conv")) return stem + "bn" + leaf.substr(4);
     if (leaf == "0" && stem.ends_with("downsample.")) return stem.substr(0, stem.size()) + "1";
     return "";
+}
+
+// What a weights file says about itself. Our own files carry "layout" ("v1" / "v1.5") and
+// "preprocessing" ("caffe" / "torch", optionally "caffe B=... G=... R=..." means);
+// others are recognised from their free-text description (caffe / Keras -> v1 and caffe
+// preprocessing; torchvision / timm -> v1.5 and torch). Unknown is an error asking for a flag.
+inline Layout layout_of(const io::SafeTensors& f) {
+    const std::string l = f.meta("layout"), arch = f.meta("architecture") + " " + f.meta("source");
+    if (l == "v1") return Layout::v1;
+    if (l == "v1.5") return Layout::v1_5;
+    if (!l.empty()) fail(f.path() + ": metadata layout '" + l + "' is neither v1 nor v1.5");
+    if (arch.find("caffe") != std::string::npos || arch.find("Keras") != std::string::npos) return Layout::v1;
+    if (arch.find("torchvision") != std::string::npos || arch.find("timm") != std::string::npos) return Layout::v1_5;
+    fail(f.path() + ": the metadata does not say which stride layout these weights use; pass it explicitly (v1 or v1.5)");
+}
+
+struct Preprocessing {
+    Preprocess mode = Preprocess::caffe;
+    std::array<float, 3> caffe_mean_bgr = keras_caffe_mean_bgr;
+};
+
+inline Preprocessing preprocessing_of(const io::SafeTensors& f) {
+    const std::string s = f.meta("preprocessing");
+    Preprocessing p;
+    if (s.starts_with("torch")) p.mode = Preprocess::torch;
+    else if (s.starts_with("caffe") || s.find("BGR") != std::string::npos) p.mode = Preprocess::caffe;
+    else if (layout_of(f) == Layout::v1_5) p.mode = Preprocess::torch;
+    const char* keys[3] = {"B=", "G=", "R="};
+    for (int c = 0; c < 3; ++c)
+        if (auto at = s.find(keys[c]); at != std::string::npos) p.caffe_mean_bgr[size_t(c)] = std::stof(s.substr(at + 2));
+    return p;
 }
 
 template <class Model>

@@ -19,7 +19,7 @@ public:
                                                 : dnnl::prop_kind::forward_training;
             auto& eng = Backend::get().engine();
             Plan q;
-            q.pd = {{prop, dnnl::algorithm::eltwise_relu, x.get_desc(), 0.f}, eng};
+            q.pd = {{prop, dnnl::algorithm::eltwise_relu, x.get_desc(), 0.f}, Backend::attr(), eng};
             q.prim = dnnl::eltwise_forward(q.pd);
             q.dst = dnnl::memory(q.pd.dst_desc(), eng);
             return q;

@@ -46,45 +46,81 @@ public:
 
     const dnnl::memory& forward(const dnnl::memory& x, Mode mode) {
         const bool batch = uses_batch_stats(mode);
-        Plan& p = plans_.get(x.get_desc(), batch ? Mode::training : Mode::inference,
-                             [&] { return make(x.get_desc(), batch); });
-        std::unordered_map<int, dnnl::memory> args{
-            {DNNL_ARG_SRC, x},
-            {DNNL_ARG_DST, p.dst},
-            {DNNL_ARG_SCALE, view(weight.value)},
-            {DNNL_ARG_SHIFT, view(bias.value)}};
-        if (batch) {
-            args[DNNL_ARG_MEAN] = p.mean;
-            args[DNNL_ARG_VARIANCE] = p.var;
-        } else {
-            args[DNNL_ARG_MEAN] = view(running_mean.value);
-            args[DNNL_ARG_VARIANCE] = view(running_var.value);
-        }
+        Plan& p = plans_.get(x.get_desc(), mode, [&] { return make(x.get_desc(), mode, batch); });
+        std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, x}, {DNNL_ARG_DST, p.dst}};
+        add_stats(args, p);
         Backend::get().run(p.prim, args);
         if (batch) update_running(p, x.get_desc().dims());
-        out_ = &p.dst;
+        p.src = x;
+        last_ = &p;
         return p.dst;
     }
-    const dnnl::memory& output() const { return *out_; }
+    const dnnl::memory& output() const { return last_->dst; }
+
+    // In inference mode the statistics are constants, so dx = dy * gamma / sqrt(var + eps);
+    // in batch mode they depend on x, and oneDNN's backward accounts for that.
+    const dnnl::memory* backward(const dnnl::memory& dy, bool need_dx) {
+        check(last_ && last_->mode == Mode::training, "BatchNorm2d backward without a training-mode forward");
+        Plan& p = *last_;
+        const bool train_affine = weight.trainable || bias.trainable;
+        if (!train_affine && !need_dx) return nullptr;
+        auto& eng = Backend::get().engine();
+        if (!p.bwd) {
+            p.bwd = std::make_unique<Backward>();
+            p.bwd->pd = {{dnnl::prop_kind::backward, p.pd.dst_desc(), p.pd.src_desc(), config.eps, p.flags},
+                         Backend::attr(), eng, p.pd};
+            p.bwd->prim = dnnl::batch_normalization_backward(p.bwd->pd);
+            p.bwd->diff_src = dnnl::memory(p.bwd->pd.diff_src_desc(), eng);
+        }
+        Backward& b = *p.bwd;
+        const dnnl::memory& g = as_desc(dy, b.pd.diff_dst_desc(), b.dy);
+        std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, p.src},
+                                                   {DNNL_ARG_DIFF_DST, g},
+                                                   {DNNL_ARG_DIFF_SRC, b.diff_src},
+                                                   {DNNL_ARG_DIFF_SCALE, view(grad_of(weight))},
+                                                   {DNNL_ARG_DIFF_SHIFT, view(grad_of(bias))}};
+        add_stats(args, p);
+        Backend::get().run(b.prim, args);
+        return need_dx ? &b.diff_src : nullptr;
+    }
 
 private:
+    struct Backward {
+        dnnl::batch_normalization_backward::primitive_desc pd;
+        dnnl::batch_normalization_backward prim;
+        dnnl::memory diff_src, dy;
+    };
     struct Plan {
         dnnl::batch_normalization_forward::primitive_desc pd;
         dnnl::batch_normalization_forward prim;
-        dnnl::memory dst, mean, var;  // mean/var: this batch's statistics (batch mode)
+        dnnl::memory dst, mean, var, src;  // mean/var: this batch's statistics (batch mode)
+        dnnl::normalization_flags flags;
+        bool batch = false;
+        Mode mode = Mode::inference;
+        std::unique_ptr<Backward> bwd;
     };
 
-    Plan make(const dnnl::memory::desc& xd, bool batch) const {
+    void add_stats(std::unordered_map<int, dnnl::memory>& args, const Plan& p) {
+        args[DNNL_ARG_SCALE] = view(weight.value);
+        args[DNNL_ARG_SHIFT] = view(bias.value);
+        args[DNNL_ARG_MEAN] = p.batch ? p.mean : view(running_mean.value);
+        args[DNNL_ARG_VARIANCE] = p.batch ? p.var : view(running_var.value);
+    }
+
+    Plan make(const dnnl::memory::desc& xd, Mode mode, bool batch) const {
         dims d = xd.dims();
         check(d.size() == 4 && d[1] == C, "BatchNorm2d<" + std::to_string(C) + "> got input " + to_string(d));
         auto flags = dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift;
         if (!batch) flags = flags | dnnl::normalization_flags::use_global_stats;
-        auto prop = batch ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
+        auto prop = mode == Mode::training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
         auto& eng = Backend::get().engine();
         Plan p;
-        p.pd = {{prop, xd, config.eps, flags}, eng};
+        p.pd = {{prop, xd, config.eps, flags}, Backend::attr(), eng};
         p.prim = dnnl::batch_normalization_forward(p.pd);
         p.dst = dnnl::memory(p.pd.dst_desc(), eng);
+        p.flags = flags;
+        p.batch = batch;
+        p.mode = mode;
         if (batch) {
             p.mean = dnnl::memory(p.pd.mean_desc(), eng);
             p.var = dnnl::memory(p.pd.variance_desc(), eng);
@@ -107,7 +143,7 @@ private:
     }
 
     PlanCache<Plan> plans_;
-    const dnnl::memory* out_ = nullptr;
+    Plan* last_ = nullptr;
 };
 
 // The head's BatchNorm over features [N, C]. Training mode normalises with the batch's

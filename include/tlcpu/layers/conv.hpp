@@ -43,18 +43,78 @@ public:
             {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, p.weights}, {DNNL_ARG_DST, p.dst}};
         if constexpr (Bias) args[DNNL_ARG_BIAS] = view(bias.value);
         be.run(p.prim, args);
-        out_ = &p.dst;
+        last_ = &p;
+        p.src = src;
         return p.dst;
     }
-    const dnnl::memory& output() const { return *out_; }
+    const dnnl::memory& output() const { return last_->dst; }
+
+    // Backward of the last forward (which must have run in Mode::training): the weight
+    // (and bias) gradient when trainable, and the input gradient when need_dx.
+    const dnnl::memory* backward(const dnnl::memory& dy, bool need_dx) {
+        check(last_ && last_->mode == Mode::training, "Conv2d backward without a training-mode forward");
+        Plan& p = *last_;
+        if (!p.bwd) p.bwd = std::make_unique<Backward>(make_backward(p));
+        Backward& b = *p.bwd;
+        auto& be = Backend::get();
+        if (weight.trainable) {
+            const dnnl::memory& g = as_desc(dy, b.wpd.diff_dst_desc(), b.dy_w);
+            const dnnl::memory& src = as_desc(p.src, b.wpd.src_desc(), b.src);
+            std::unordered_map<int, dnnl::memory> args{
+                {DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, g}, {DNNL_ARG_DIFF_WEIGHTS, b.diff_weights}};
+            if constexpr (Bias) args[DNNL_ARG_DIFF_BIAS] = view(grad_of(bias));
+            be.run(b.wprim, args);
+            reorder(b.diff_weights, view(grad_of(weight)));
+        }
+        if (!need_dx) return nullptr;
+        if (b.weight_version != weight.version) {
+            reorder(view(weight.value), b.weights);
+            b.weight_version = weight.version;
+        }
+        const dnnl::memory& g = as_desc(dy, b.dpd.diff_dst_desc(), b.dy_d);
+        be.run(b.dprim, {{DNNL_ARG_DIFF_DST, g}, {DNNL_ARG_WEIGHTS, b.weights}, {DNNL_ARG_DIFF_SRC, b.diff_src}});
+        return &b.diff_src;
+    }
 
 private:
+    struct Backward {
+        dnnl::convolution_backward_weights::primitive_desc wpd;
+        dnnl::convolution_backward_weights wprim;
+        dnnl::convolution_backward_data::primitive_desc dpd;
+        dnnl::convolution_backward_data dprim;
+        dnnl::memory diff_weights, weights, diff_src, dy_w, dy_d, src;  // weights: backward-data's layout
+        uint64_t weight_version = 0;
+    };
     struct Plan {
         dnnl::convolution_forward::primitive_desc pd;
         dnnl::convolution_forward prim;
-        dnnl::memory weights, dst, src_scratch;
+        dnnl::memory weights, dst, src_scratch, src;  // src: what the last forward read
         uint64_t weight_version = 0;
+        Mode mode = Mode::inference;
+        std::unique_ptr<Backward> bwd;
     };
+
+    static auto any(const dims& d) { return dnnl::memory::desc(d, dt::f32, tag::any); }
+
+    static Backward make_backward(const Plan& p) {
+        auto& eng = Backend::get().engine();
+        const dims src = p.pd.src_desc().dims(), dst = p.pd.dst_desc().dims(), wei{Out, In, K, K};
+        const auto algo = dnnl::algorithm::convolution_direct;
+        Backward b;
+        auto wdesc = Bias ? dnnl::convolution_backward_weights::desc(algo, any(src), any(wei),
+                                                                      dnnl::memory::desc({Out}, dt::f32, tag::a),
+                                                                      any(dst), {S, S}, {P, P}, {P, P})
+                          : dnnl::convolution_backward_weights::desc(algo, any(src), any(wei), any(dst), {S, S},
+                                                                      {P, P}, {P, P});
+        b.wpd = {wdesc, Backend::attr(), eng, p.pd};
+        b.wprim = dnnl::convolution_backward_weights(b.wpd);
+        b.diff_weights = dnnl::memory(b.wpd.diff_weights_desc(), eng);
+        b.dpd = {{algo, any(src), any(wei), any(dst), {S, S}, {P, P}, {P, P}}, Backend::attr(), eng, p.pd};
+        b.dprim = dnnl::convolution_backward_data(b.dpd);
+        b.weights = dnnl::memory(b.dpd.weights_desc(), eng);
+        b.diff_src = dnnl::memory(b.dpd.diff_src_desc(), eng);
+        return b;
+    }
 
     static Plan make(const dnnl::memory::desc& xd, Mode mode) {
         dims d = xd.dims();
@@ -63,7 +123,6 @@ private:
                   to_string(d) + " (expected [N," + std::to_string(In) + ",H,W])");
         int64_t oh = conv_out(d[2], K, S, P), ow = conv_out(d[3], K, S, P);
         check(oh > 0 && ow > 0, "Conv2d input " + to_string(d) + " is smaller than its kernel");
-        auto any = [](const dims& dd) { return dnnl::memory::desc(dd, dt::f32, tag::any); };
         auto prop = mode == Mode::inference ? dnnl::prop_kind::forward_inference
                                             : dnnl::prop_kind::forward_training;
         dims src{d[0], In, d[2], d[3]}, wei{Out, In, K, K}, dst{d[0], Out, oh, ow};
@@ -76,15 +135,16 @@ private:
                                                            {P, P}, {P, P});
         Plan p;
         auto& eng = Backend::get().engine();
-        p.pd = dnnl::convolution_forward::primitive_desc(desc, eng);
+        p.pd = dnnl::convolution_forward::primitive_desc(desc, Backend::attr(), eng);
         p.prim = dnnl::convolution_forward(p.pd);
         p.weights = dnnl::memory(p.pd.weights_desc(), eng);
         p.dst = dnnl::memory(p.pd.dst_desc(), eng);
+        p.mode = mode;
         return p;
     }
 
     PlanCache<Plan> plans_;
-    const dnnl::memory* out_ = nullptr;
+    Plan* last_ = nullptr;
 };
 
 }  // namespace tlcpu

@@ -53,6 +53,21 @@ struct Named : L {
     static constexpr std::string_view name = Name.view();
 };
 
+// True when any weight (not a running statistic) of the layer is trainable: then backward
+// must reach it, and every layer above it must pass gradients down.
+template <class L>
+bool trainable(L& l) {
+    bool any = false;
+    l.visit("", [&](const std::string&, Param& p) { any |= p.kind == ParamKind::weight && p.trainable; });
+    return any;
+}
+
+// The gradient buffer of a parameter, allocated on first use. Backward overwrites it.
+inline Tensor& grad_of(Param& p) {
+    if (p.grad.shape() != p.value.shape()) p.grad = Tensor(p.value.shape());
+    return p.grad;
+}
+
 template <class L>
 std::string child_prefix(const std::string& prefix) {
     if constexpr (requires { L::name; })

@@ -56,8 +56,7 @@ private:
         Plan p;
         p.pd = {{prop, dnnl::algorithm::pooling_max, xd,
                  dnnl::memory::desc({d[0], d[1], oh, ow}, dt::f32, tag::any), {S, S}, {K, K},
-                 {P, P}, pr},
-                eng};
+                 {P, P}, pr}, Backend::attr(), eng};
         p.prim = dnnl::pooling_forward(p.pd);
         p.dst = dnnl::memory(p.pd.dst_desc(), eng);
         if (mode == Mode::training) p.workspace = dnnl::memory(p.pd.workspace_desc(), eng);
@@ -83,8 +82,7 @@ public:
             Plan q;
             q.pd = {{dnnl::prop_kind::forward_inference, dnnl::algorithm::pooling_avg_exclude_padding,
                      x.get_desc(), dnnl::memory::desc({d[0], d[1], 1, 1}, dt::f32, tag::any),
-                     {1, 1}, {d[2], d[3]}, {0, 0}, {0, 0}},
-                    eng};
+                     {1, 1}, {d[2], d[3]}, {0, 0}, {0, 0}}, Backend::attr(), eng};
             q.prim = dnnl::pooling_forward(q.pd);
             q.dst = dnnl::memory(q.pd.dst_desc(), eng);
             q.out = Tensor({d[0], d[1]});

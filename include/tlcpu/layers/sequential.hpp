@@ -67,7 +67,7 @@ public:
                       to_string(b.get_desc().dims()));
             auto& eng = Backend::get().engine();
             Plan q;
-            q.pd = {{dnnl::algorithm::binary_add, a.get_desc(), a.get_desc(), a.get_desc()}, eng};
+            q.pd = {{dnnl::algorithm::binary_add, a.get_desc(), a.get_desc(), a.get_desc()}, Backend::attr(), eng};
             q.prim = dnnl::binary(q.pd);
             q.dst = dnnl::memory(q.pd.dst_desc(), eng);
             return q;
