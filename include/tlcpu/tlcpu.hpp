@@ -14,6 +14,8 @@
 #include "tlcpu/layers/sequential.hpp"
 #include "tlcpu/models/resnet.hpp"
 #include "tlcpu/models/classifier.hpp"
+#include "tlcpu/train/freeze.hpp"
+#include "tlcpu/train/loss.hpp"
 #include "tlcpu/io/safetensors.hpp"
 #include "tlcpu/io/weights.hpp"
 #include "tlcpu/io/image.hpp"

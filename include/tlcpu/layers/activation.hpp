@@ -25,19 +25,39 @@ public:
             return q;
         });
         Backend::get().run(p.prim, {{DNNL_ARG_SRC, x}, {DNNL_ARG_DST, p.dst}});
-        out_ = &p.dst;
+        p.src = x;
+        last_ = &p;
         return p.dst;
     }
-    const dnnl::memory& output() const { return *out_; }
+    const dnnl::memory& output() const { return last_->dst; }
+
+    const dnnl::memory* backward(const dnnl::memory& dy, bool need_dx) {
+        if (!need_dx) return nullptr;
+        check(last_ != nullptr, "ReLU backward without a forward");
+        Plan& p = *last_;
+        auto& eng = Backend::get().engine();
+        if (!p.bwd_prim) {
+            p.bwd_pd = {{dnnl::algorithm::eltwise_relu, p.src.get_desc(), p.src.get_desc(), 0.f},
+                        Backend::attr(), eng, p.pd};
+            p.bwd_prim = dnnl::eltwise_backward(p.bwd_pd);
+            p.diff_src = dnnl::memory(p.bwd_pd.diff_src_desc(), eng);
+        }
+        const dnnl::memory& g = as_desc(dy, p.bwd_pd.diff_dst_desc(), p.dy);
+        Backend::get().run(p.bwd_prim, {{DNNL_ARG_SRC, p.src}, {DNNL_ARG_DIFF_DST, g}, {DNNL_ARG_DIFF_SRC, p.diff_src}});
+        return &p.diff_src;
+    }
 
 private:
     struct Plan {
         dnnl::eltwise_forward::primitive_desc pd;
         dnnl::eltwise_forward prim;
-        dnnl::memory dst;
+        dnnl::memory dst, src;
+        dnnl::eltwise_backward::primitive_desc bwd_pd;
+        dnnl::eltwise_backward bwd_prim;
+        dnnl::memory diff_src, dy;
     };
     PlanCache<Plan> plans_;
-    const dnnl::memory* out_ = nullptr;
+    Plan* last_ = nullptr;
 };
 
 // Row-wise softmax of [N, K] logits; subtracting the row maximum keeps exp() finite.

@@ -196,13 +196,40 @@ public:
         Y = ((XH.array().rowwise() * Eigen::Map<const Row>(weight.value.data(), C)).rowwise() +
              Eigen::Map<const Row>(bias.value.data(), C))
                 .matrix();
+        batch_ = batch;
         return y_;
     }
     const Tensor& output() const { return y_; }
 
+    // With batch statistics the mean and variance depend on every x in the batch:
+    // dx = inv_std / N * (N dxhat - sum(dxhat) - xhat sum(dxhat xhat)), dxhat = dy gamma.
+    // With running statistics they are constants: dx = dy gamma inv_std.
+    const Tensor* backward(const Tensor& dy, bool need_dx) {
+        check(dy.shape() == y_.shape(), "BatchNorm1d backward does not match the last forward");
+        const int64_t n = dy.dim(0);
+        using Mat = Eigen::Array<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+        using Row = Eigen::Array<float, 1, Eigen::Dynamic>;
+        Eigen::Map<const Mat> DY(dy.data(), n, C), XH(xhat_.data(), n, C);
+        if (weight.trainable) Eigen::Map<Row>(grad_of(weight).data(), C) = (DY * XH).colwise().sum();
+        if (bias.trainable) Eigen::Map<Row>(grad_of(bias).data(), C) = DY.colwise().sum();
+        if (!need_dx) return nullptr;
+        if (dx_.shape() != dy.shape()) dx_ = Tensor(dy.shape());
+        Eigen::Map<Mat> DX(dx_.data(), n, C);
+        const Row g = Eigen::Map<const Row>(weight.value.data(), C);
+        const Mat dxhat = DY.rowwise() * g;
+        if (batch_) {
+            const Row s1 = dxhat.colwise().sum(), s2 = (dxhat * XH).colwise().sum();
+            DX = ((dxhat * float(n)).rowwise() - s1 - (XH.rowwise() * s2)).rowwise() * (inv_std_ / float(n));
+        } else {
+            DX = dxhat.rowwise() * inv_std_;
+        }
+        return &dx_;
+    }
+
 private:
-    Tensor y_, xhat_;
+    Tensor y_, xhat_, dx_;
     Eigen::Array<float, 1, Eigen::Dynamic> inv_std_;
+    bool batch_ = false;
 };
 
 }  // namespace tlcpu

@@ -35,12 +35,27 @@ public:
         Eigen::Map<RowMat> Y(y_.data(), n, Out);
         Y.noalias() = X * W.transpose();
         Y.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(bias.value.data(), Out);
+        x_ = &x;
         return y_;
     }
     const Tensor& output() const { return y_; }
 
+    // dW = dY^T X, db = column sums of dY, dX = dY W.
+    const Tensor* backward(const Tensor& dy, bool need_dx) {
+        check(x_ && dy.shape() == y_.shape(), "Dense backward does not match the last forward");
+        const int64_t n = dy.dim(0);
+        Eigen::Map<const RowMat> DY(dy.data(), n, Out), X(x_->data(), n, In), W(weight.value.data(), Out, In);
+        if (weight.trainable) Eigen::Map<RowMat>(grad_of(weight).data(), Out, In).noalias() = DY.transpose() * X;
+        if (bias.trainable) Eigen::Map<Eigen::RowVectorXf>(grad_of(bias).data(), Out) = DY.colwise().sum();
+        if (!need_dx) return nullptr;
+        if (dx_.shape() != x_->shape()) dx_ = Tensor(x_->shape());
+        Eigen::Map<RowMat>(dx_.data(), n, In).noalias() = DY * W;
+        return &dx_;
+    }
+
 private:
-    Tensor y_;
+    Tensor y_, dx_;
+    const Tensor* x_ = nullptr;
 };
 
 // Inverted dropout: in training, zero each element with probability p and scale the rest by
@@ -73,8 +88,16 @@ public:
     }
     const Tensor& output() const { return *out_; }
 
+    const Tensor* backward(const Tensor& dy, bool need_dx) {
+        if (!need_dx) return nullptr;
+        if (out_ != &y_) return &dy;  // the last forward was the identity
+        if (dx_.shape() != dy.shape()) dx_ = Tensor(dy.shape());
+        for (int64_t i = 0; i < dy.size(); ++i) dx_[i] = dy[i] * mask_[i];
+        return &dx_;
+    }
+
 private:
-    Tensor y_, mask_;
+    Tensor y_, mask_, dx_;
     const Tensor* out_ = nullptr;
 };
 

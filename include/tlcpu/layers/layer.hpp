@@ -68,6 +68,15 @@ inline Tensor& grad_of(Param& p) {
     return p.grad;
 }
 
+// Calls f on every leaf layer of a composition (composites provide each(f)).
+template <class L, class F>
+void for_each_layer(L& l, F&& f) {
+    if constexpr (requires { l.each(f); })
+        l.each(f);
+    else
+        f(l);
+}
+
 template <class L>
 std::string child_prefix(const std::string& prefix) {
     if constexpr (requires { L::name; })

@@ -32,16 +32,39 @@ public:
         std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, x}, {DNNL_ARG_DST, p.dst}};
         if (p.workspace) args[DNNL_ARG_WORKSPACE] = p.workspace;
         Backend::get().run(p.prim, args);
-        out_ = &p.dst;
+        last_ = &p;
         return p.dst;
     }
-    const dnnl::memory& output() const { return *out_; }
+    const dnnl::memory& output() const { return last_->dst; }
+
+    // Routes each output gradient to the input element that won the max (the workspace).
+    const dnnl::memory* backward(const dnnl::memory& dy, bool need_dx) {
+        if (!need_dx) return nullptr;
+        check(last_ && last_->workspace, "MaxPool2d backward without a training-mode forward");
+        Plan& p = *last_;
+        auto& eng = Backend::get().engine();
+        if (!p.bwd_prim) {
+            const dims src = p.pd.src_desc().dims(), dst = p.pd.dst_desc().dims();
+            dims pr{(dst[2] - 1) * S + K - src[2] - P, (dst[3] - 1) * S + K - src[3] - P};
+            p.bwd_pd = {{dnnl::algorithm::pooling_max, p.pd.src_desc(), p.pd.dst_desc(), {S, S}, {K, K}, {P, P}, pr},
+                        Backend::attr(), eng, p.pd};
+            p.bwd_prim = dnnl::pooling_backward(p.bwd_pd);
+            p.diff_src = dnnl::memory(p.bwd_pd.diff_src_desc(), eng);
+        }
+        const dnnl::memory& g = as_desc(dy, p.bwd_pd.diff_dst_desc(), p.dy);
+        Backend::get().run(p.bwd_prim,
+                           {{DNNL_ARG_DIFF_DST, g}, {DNNL_ARG_DIFF_SRC, p.diff_src}, {DNNL_ARG_WORKSPACE, p.workspace}});
+        return &p.diff_src;
+    }
 
 private:
     struct Plan {
         dnnl::pooling_forward::primitive_desc pd;
         dnnl::pooling_forward prim;
         dnnl::memory dst, workspace;  // workspace: argmax positions, for backward
+        dnnl::pooling_backward::primitive_desc bwd_pd;
+        dnnl::pooling_backward bwd_prim;
+        dnnl::memory diff_src, dy;
     };
     static Plan make(const dnnl::memory::desc& xd, Mode mode) {
         dims d = xd.dims();
@@ -63,7 +86,7 @@ private:
         return p;
     }
     PlanCache<Plan> plans_;
-    const dnnl::memory* out_ = nullptr;
+    Plan* last_ = nullptr;
 };
 
 // Global average pooling: [N, C, H, W] in any layout to a plain [N, C] tensor. This is the
@@ -79,36 +102,63 @@ public:
             dims d = x.get_desc().dims();
             check(d.size() == 4, "GlobalAvgPool got input " + to_string(d));
             auto& eng = Backend::get().engine();
+            auto prop = mode == Mode::inference ? dnnl::prop_kind::forward_inference
+                                                : dnnl::prop_kind::forward_training;
             Plan q;
-            q.pd = {{dnnl::prop_kind::forward_inference, dnnl::algorithm::pooling_avg_exclude_padding,
-                     x.get_desc(), dnnl::memory::desc({d[0], d[1], 1, 1}, dt::f32, tag::any),
-                     {1, 1}, {d[2], d[3]}, {0, 0}, {0, 0}}, Backend::attr(), eng};
+            q.pd = {{prop, dnnl::algorithm::pooling_avg_exclude_padding, x.get_desc(),
+                     dnnl::memory::desc({d[0], d[1], 1, 1}, dt::f32, tag::any), {1, 1}, {d[2], d[3]}, {0, 0}, {0, 0}},
+                    Backend::attr(), eng};
             q.prim = dnnl::pooling_forward(q.pd);
             q.dst = dnnl::memory(q.pd.dst_desc(), eng);
             q.out = Tensor({d[0], d[1]});
-            q.out_mem = dnnl::memory({{d[0], d[1], 1, 1}, dt::f32, tag::nchw}, eng, q.out.data());
             return q;
         });
         auto& be = Backend::get();
         be.run(p.prim, {{DNNL_ARG_SRC, x}, {DNNL_ARG_DST, p.dst}});
-        reorder(p.dst, p.out_mem);
+        reorder(p.dst, edge(p.out));
         be.wait();
-        in_dims_ = x.get_desc().dims();
-        out_ = &p.out;
+        last_ = &p;
         return p.out;
     }
-    const Tensor& output() const { return *out_; }
+    const Tensor& output() const { return last_->out; }
+
+    // Spreads each [N, C] gradient evenly over its H x W positions, back in the layout the
+    // backbone's activations use.
+    const dnnl::memory& backward(const Tensor& dy) {
+        check(last_ != nullptr, "GlobalAvgPool backward without a forward");
+        Plan& p = *last_;
+        check(dy.shape() == p.out.shape(), "GlobalAvgPool backward got gradient " + to_string(dy.shape()));
+        auto& eng = Backend::get().engine();
+        if (!p.bwd_prim) {
+            const dims src = p.pd.src_desc().dims();
+            p.bwd_pd = {{dnnl::algorithm::pooling_avg_exclude_padding, p.pd.src_desc(), p.pd.dst_desc(), {1, 1},
+                         {src[2], src[3]}, {0, 0}, {0, 0}},
+                        Backend::attr(), eng, p.pd};
+            p.bwd_prim = dnnl::pooling_backward(p.bwd_pd);
+            p.diff_src = dnnl::memory(p.bwd_pd.diff_src_desc(), eng);
+            p.dy = dnnl::memory(p.bwd_pd.diff_dst_desc(), eng);
+        }
+        reorder(edge(dy), p.dy);
+        Backend::get().run(p.bwd_prim, {{DNNL_ARG_DIFF_DST, p.dy}, {DNNL_ARG_DIFF_SRC, p.diff_src}});
+        return p.diff_src;
+    }
 
 private:
     struct Plan {
         dnnl::pooling_forward::primitive_desc pd;
         dnnl::pooling_forward prim;
-        dnnl::memory dst, out_mem;
+        dnnl::memory dst;
         Tensor out;
+        dnnl::pooling_backward::primitive_desc bwd_pd;
+        dnnl::pooling_backward bwd_prim;
+        dnnl::memory diff_src, dy;
     };
+    // A plain [N, C] tensor seen as the [N, C, 1, 1] memory pooling produces.
+    static dnnl::memory edge(const Tensor& t) {
+        return {{{t.dim(0), t.dim(1), 1, 1}, dt::f32, tag::nchw}, Backend::get().engine(), const_cast<float*>(t.data())};
+    }
     PlanCache<Plan> plans_;
-    const Tensor* out_ = nullptr;
-    dims in_dims_;
+    Plan* last_ = nullptr;
 };
 
 }  // namespace tlcpu

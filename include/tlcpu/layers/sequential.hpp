@@ -2,6 +2,7 @@
 // channel counts are checked pairwise when the type is formed, so a wrong network does not
 // compile. Residual add lives here too: it is the one layer that takes two inputs.
 #pragma once
+#include <array>
 #include <string>
 #include <tuple>
 #include <type_traits>
@@ -21,6 +22,33 @@ struct chain<Have, L, Rest...> {
     static constexpr int out = chain<after<Have, L>, Rest...>::out;
 };
 }  // namespace detail
+
+// Backward through layers given in forward order, last first. need_dx: the caller wants the
+// gradient of the first layer's input. A layer's input gradient is computed only if some
+// layer below it is trainable (or the caller needs it), and the walk stops at the first
+// layer with nothing to do: below the last trainable layer no backward primitive runs.
+template <class... L>
+const dnnl::memory* backward_chain(const dnnl::memory& dy, bool need_dx, L&... layers) {
+    constexpr size_t n = sizeof...(L);
+    const std::array<bool, n> train{trainable(layers)...};
+    std::array<bool, n> below{};  // below[i]: layer i must produce its input's gradient
+    for (size_t i = 0; i < n; ++i) below[i] = need_dx || (i > 0 && (below[i - 1] || train[i - 1]));
+    const dnnl::memory* g = &dy;
+    bool go = true;
+    auto step = [&](auto& l, size_t i) {
+        if (!go) return;
+        if (!train[i] && !below[i]) {
+            go = false;
+            return;
+        }
+        g = l.backward(*g, below[i]);
+        go = below[i];
+    };
+    auto refs = std::tie(layers...);
+    [&]<size_t... I>(std::index_sequence<I...>) { (step(std::get<n - 1 - I>(refs), n - 1 - I), ...); }(
+        std::make_index_sequence<n>{});
+    return need_dx ? g : nullptr;
+}
 
 template <class... Ls>
 class Sequential {
@@ -45,11 +73,19 @@ public:
                    layers);
     }
 
+    template <class F>
+    void each(F&& f) {
+        std::apply([&](auto&... l) { (for_each_layer(l, f), ...); }, layers);
+    }
+
     const dnnl::memory& forward(const dnnl::memory& x, Mode mode) {
         const dnnl::memory* cur = &x;
         std::apply([&](auto&... l) { ((cur = &l.forward(*cur, mode)), ...); }, layers);
         out_ = cur;
         return *cur;
+    }
+    const dnnl::memory* backward(const dnnl::memory& dy, bool need_dx) {
+        return std::apply([&](auto&... l) { return backward_chain(dy, need_dx, l...); }, layers);
     }
     const dnnl::memory& output() const { return *out_; }
 

@@ -27,10 +27,24 @@ public:
         bn.visit(prefix + "head_bn.", f);
         fc.visit(prefix + "head_fc.", f);
     }
+    template <class F>
+    void each(F&& f) {
+        f(pool), f(bn), f(drop), f(fc);
+    }
     const Tensor& forward(const dnnl::memory& x, Mode m) {
         return fc.forward(drop.forward(bn.forward(pool.forward(x, m), m), m), m);
     }
     const Tensor& features() const { return pool.output(); }
+
+    // need_dx: return the gradient of the backbone's output (else nullptr, and no
+    // backbone-side primitive runs).
+    const dnnl::memory* backward(const Tensor& dlogits, bool need_dx) {
+        const bool bn_in = need_dx, drop_in = bn_in || trainable(bn), fc_in = drop_in;
+        const Tensor* g = fc.backward(dlogits, fc_in);
+        if (g) g = drop.backward(*g, drop_in);
+        if (g) g = bn.backward(*g, bn_in);
+        return g ? &pool.backward(*g) : nullptr;
+    }
 };
 
 template <class Backbone, int Classes>
@@ -47,11 +61,22 @@ public:
         backbone.visit(prefix, f);
         head.visit(prefix, f);
     }
+    template <class F>
+    void each(F&& f) {
+        for_each_layer(backbone, f);
+        head.each(f);
+    }
     // x: [N, 3, H, W] preprocessed images, plain NCHW. Returns the logits [N, Classes].
     const Tensor& forward(const Tensor& x, Mode m) {
         check(x.rank() == 4 && x.dim(1) == in_channels,
               "classifier input must be [N," + std::to_string(in_channels) + ",H,W], got " + to_string(x.shape()));
         return head.forward(backbone.forward(view(x), m), m);
+    }
+    // Gradients of every trainable parameter for dL/dlogits, after a Mode::training forward.
+    void backward(const Tensor& dlogits) {
+        const bool into_backbone = trainable(backbone);
+        if (const dnnl::memory* g = head.backward(dlogits, into_backbone)) backbone.backward(*g, false);
+        Backend::get().wait();
     }
 };
 

@@ -45,7 +45,7 @@ public:
     ReLU relu2;
     Conv2d<Width, Out, 1, 1, 0> conv3;
     BatchNorm2d<Out> bn3;
-    Add add;
+    Add add, grad_add;  // grad_add: the input gradient is the sum of both paths'
     ReLU relu3;
     // torchvision's "downsample.0" / "downsample.1", present only when the shape changes
     [[no_unique_address]] std::conditional_t<has_projection, Conv2d<In, Out, 1, Stride, 0>, Empty> down_conv;
@@ -65,6 +65,13 @@ public:
         }
     }
 
+    template <class F>
+    void each(F&& f) {
+        f(conv1), f(bn1), f(relu1), f(conv2), f(bn2), f(relu2), f(conv3), f(bn3);
+        if constexpr (has_projection) f(down_conv), f(down_bn);
+        f(relu3);
+    }
+
     const dnnl::memory& forward(const dnnl::memory& x, Mode m) {
         const auto& h = relu1.forward(bn1.forward(conv1.forward(x, m), m), m);
         const auto& g = relu2.forward(bn2.forward(conv2.forward(h, m), m), m);
@@ -74,6 +81,15 @@ public:
         return relu3.forward(add.forward(main, *shortcut), m);
     }
     const dnnl::memory& output() const { return relu3.output(); }
+
+    const dnnl::memory* backward(const dnnl::memory& dy, bool need_dx) {
+        const dnnl::memory* g = relu3.backward(dy, need_dx || trainable(*this));
+        if (!g) return nullptr;
+        const dnnl::memory* main = backward_chain(*g, need_dx, conv1, bn1, relu1, conv2, bn2, relu2, conv3, bn3);
+        const dnnl::memory* shortcut = g;
+        if constexpr (has_projection) shortcut = backward_chain(*g, need_dx, down_conv, down_bn);
+        return need_dx ? &grad_add.forward(*main, *shortcut) : nullptr;
+    }
 };
 
 // Stage<In, Width, Blocks, Stride, L>: one strided block, then Blocks-1 identical ones.
@@ -91,12 +107,32 @@ public:
         first.visit(prefix + "0.", f);
         for (size_t i = 0; i < rest.size(); ++i) rest[i].visit(prefix + std::to_string(i + 1) + ".", f);
     }
+    template <class F>
+    void each(F&& f) {
+        first.each(f);
+        for (auto& b : rest) b.each(f);
+    }
     const dnnl::memory& forward(const dnnl::memory& x, Mode m) {
         const dnnl::memory* cur = &first.forward(x, m);
         for (auto& b : rest) cur = &b.forward(*cur, m);
         return *cur;
     }
     const dnnl::memory& output() const { return rest.empty() ? first.output() : rest.back().output(); }
+
+    // The same walk as backward_chain, over a run-time array of blocks.
+    const dnnl::memory* backward(const dnnl::memory& dy, bool need_dx) {
+        const int n = Blocks;
+        auto block_trainable = [&](int i) { return i == 0 ? trainable(first) : trainable(rest[size_t(i - 1)]); };
+        std::array<bool, Blocks> below{};
+        for (int i = 0; i < n; ++i) below[size_t(i)] = need_dx || (i > 0 && (below[size_t(i - 1)] || block_trainable(i - 1)));
+        const dnnl::memory* g = &dy;
+        for (int i = n - 1; i >= 0; --i) {
+            if (!below[size_t(i)] && !block_trainable(i)) break;
+            g = i == 0 ? first.backward(*g, below[0]) : rest[size_t(i - 1)].backward(*g, below[size_t(i)]);
+            if (!below[size_t(i)]) break;
+        }
+        return need_dx ? g : nullptr;
+    }
 };
 
 template <int C, Layout L>
