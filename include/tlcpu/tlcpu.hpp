@@ -14,6 +14,7 @@
 #include "tlcpu/layers/sequential.hpp"
 #include "tlcpu/models/resnet.hpp"
 #include "tlcpu/models/classifier.hpp"
+#include "tlcpu/optim/optimizer.hpp"
 #include "tlcpu/train/freeze.hpp"
 #include "tlcpu/train/loss.hpp"
 #include "tlcpu/io/safetensors.hpp"
