@@ -10,6 +10,7 @@ namespace tlcpu {
 class ReLU {
 public:
     static constexpr int in_channels = any_channels, out_channels = any_channels;
+    uint64_t backward_runs = 0;  // backward calls that ran a primitive (tests check freezing with it)
     template <class F>
     void visit(const std::string&, F&&) {}
 
@@ -34,6 +35,7 @@ public:
     const dnnl::memory* backward(const dnnl::memory& dy, bool need_dx) {
         if (!need_dx) return nullptr;
         check(last_ != nullptr, "ReLU backward without a forward");
+        ++backward_runs;
         Plan& p = *last_;
         auto& eng = Backend::get().engine();
         if (!p.bwd_prim) {

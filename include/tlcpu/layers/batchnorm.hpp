@@ -30,6 +30,7 @@ class BatchNorm2d {
 
 public:
     static constexpr int in_channels = C, out_channels = C;
+    uint64_t backward_runs = 0;  // backward calls that ran a primitive (tests check freezing with it)
     Param weight{{C}, 1.f}, bias{{C}, 0.f};
     Param running_mean{{C}, 0.f, ParamKind::buffer}, running_var{{C}, 1.f, ParamKind::buffer};
     BNConfig config;
@@ -64,6 +65,7 @@ public:
         Plan& p = *last_;
         const bool train_affine = weight.trainable || bias.trainable;
         if (!train_affine && !need_dx) return nullptr;
+        ++backward_runs;
         auto& eng = Backend::get().engine();
         if (!p.bwd) {
             p.bwd = std::make_unique<Backward>();

@@ -24,6 +24,7 @@ class MaxPool2d {
 
 public:
     static constexpr int in_channels = any_channels, out_channels = any_channels;
+    uint64_t backward_runs = 0;  // backward calls that ran a primitive (tests check freezing with it)
     template <class F>
     void visit(const std::string&, F&&) {}
 
@@ -41,6 +42,7 @@ public:
     const dnnl::memory* backward(const dnnl::memory& dy, bool need_dx) {
         if (!need_dx) return nullptr;
         check(last_ && last_->workspace, "MaxPool2d backward without a training-mode forward");
+        ++backward_runs;
         Plan& p = *last_;
         auto& eng = Backend::get().engine();
         if (!p.bwd_prim) {

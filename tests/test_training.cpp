@@ -1,0 +1,204 @@
+// The training engine on the 1/16-width ResNet-50: freezing stops backward where it
+// should, the network can fit a small problem, runs are bit-identical, and a run resumed
+// from a checkpoint ends with exactly the weights of an uninterrupted one.
+#include <doctest/doctest.h>
+
+#include <cstring>
+#include <filesystem>
+
+#include "fixtures.hpp"
+
+using namespace tlcpu;
+namespace fs = std::filesystem;
+
+namespace {
+
+using Tiny = Classifier<ResNet50<Layout::v1_5, 4>, 4>;
+
+// Four classes told apart by where a bright square sits, on noise. 32x32 keeps it fast.
+TensorSource synthetic(int n, uint64_t seed) {
+    Tensor x({n, 3, 32, 32});
+    std::vector<int> y(static_cast<size_t>(n));
+    for (int i = 0; i < n; ++i) {
+        const int c = i % 4;
+        y[size_t(i)] = c;
+        for (int64_t j = 0; j < 3 * 32 * 32; ++j) x[i * 3072 + j] = 0.3f * normal01(seed, uint64_t(i), uint64_t(j));
+        const int r0 = (c / 2) * 16 + 4, c0 = (c % 2) * 16 + 4;
+        for (int ch = 0; ch < 3; ++ch)
+            for (int r = r0; r < r0 + 8; ++r)
+                for (int q = c0; q < c0 + 8; ++q) x[((int64_t(i) * 3 + ch) * 32 + r) * 32 + q] += 1.5f;
+    }
+    return TensorSource(std::move(x), std::move(y));
+}
+
+std::unique_ptr<Tiny> fresh(uint64_t seed) {
+    auto net = std::make_unique<Tiny>();
+    net->visit("", [&](const std::string& n, Param& p) {
+        if (p.value.rank() > 1) init_he_normal(p.value, seed, hash_name(n));
+        p.touch();
+    });
+    set_bn_mode(net->backbone, BNMode::batch);  // from scratch, so batch statistics
+    return net;
+}
+
+template <class L>
+uint64_t runs(L& layer) {
+    uint64_t n = 0;
+    for_each_layer(layer, [&](auto& l) {
+        if constexpr (requires { l.backward_runs; }) n += l.backward_runs;
+    });
+    return n;
+}
+
+std::vector<uint8_t> bytes_of(Tiny& net) {
+    std::vector<uint8_t> b;
+    net.visit("", [&](const std::string&, Param& p) {
+        auto* s = reinterpret_cast<const uint8_t*>(p.value.data());
+        b.insert(b.end(), s, s + p.value.bytes());
+    });
+    return b;
+}
+
+struct TempDir {
+    fs::path path = fs::temp_directory_path() / ("tlcpu-train-" + std::to_string(::getpid()));
+    TempDir() { fs::create_directories(path); }
+    ~TempDir() { fs::remove_all(path); }
+};
+
+}  // namespace
+
+TEST_CASE("frozen layers compute no gradient and no backward primitive runs below the last trainable one") {
+    auto data = synthetic(8, 1);
+    Tensor x;
+    std::vector<int> y;
+    data.load({0, 1, 2, 3, 4, 5, 6, 7}, 0, x, y);
+    auto net = fresh(3);
+    set_bn_mode(net->backbone, BNMode::inference);
+
+    freeze_all(*net);
+    unfreeze(*net, {"head_"});
+    auto& be = Backend::get();
+    auto r = softmax_cross_entropy(net->forward(x, Mode::training), y);
+    uint64_t before = be.executed();
+    net->backward(r.grad);
+    CHECK(be.executed() == before);  // the head is Eigen; nothing in the backbone ran
+    CHECK(runs(net->backbone) == 0);
+    CHECK(net->head.fc.weight.grad.size() == 4 * 128);
+
+    unfreeze(*net, {"layer4."});
+    r = softmax_cross_entropy(net->forward(x, Mode::training), y);
+    before = be.executed();
+    net->backward(r.grad);
+    CHECK(be.executed() > before);
+    CHECK(runs(net->backbone.get<4>()) > 0);  // layer4
+    CHECK(runs(net->backbone.get<0>()) + runs(net->backbone.get<1>()) + runs(net->backbone.get<2>()) +
+              runs(net->backbone.get<3>()) == 0);  // stem, layer1..3
+    int with_grad = 0, frozen_with_grad = 0;
+    net->visit("", [&](const std::string& n, Param& p) {
+        if (p.kind != ParamKind::weight) return;
+        const bool has = p.grad.size() > 0;
+        with_grad += has;
+        frozen_with_grad += has && !(n.starts_with("layer4.") || n.starts_with("head_"));
+    });
+    CHECK(frozen_with_grad == 0);
+    CHECK(with_grad == 3 * 9 + 3 + 4);
+
+    // Unfreezing layer3's last block makes layer4 pass gradients down into it, and no further.
+    const uint64_t l3_before = runs(net->backbone.get<3>());
+    unfreeze(*net, {"layer3.5."});
+    r = softmax_cross_entropy(net->forward(x, Mode::training), y);
+    net->backward(r.grad);
+    CHECK(runs(net->backbone.get<3>().rest[4]) > 0);
+    CHECK(runs(net->backbone.get<3>()) - runs(net->backbone.get<3>().rest[4]) == l3_before);
+}
+
+TEST_CASE("the tiny network fits a small 4-class problem to 100% training accuracy") {
+    auto data = synthetic(32, 7);
+    auto net = fresh(11);
+    Adam adam(1e-2);
+    ReduceLROnPlateau::Options ro;  // anneal on the training loss, so the last epochs settle
+    ro.monitor = "loss";
+    ro.patience = 1;
+    ro.factor = 0.5;
+    ReduceLROnPlateau plateau(ro);
+    Trainer<Tiny> trainer(*net, adam, {&plateau});
+    FitOptions o;
+    o.epochs = 30;
+    o.batch = 8;
+    o.seed = 5;
+    auto history = trainer.fit(data, nullptr, o);
+    CHECK(history.size() == 30);
+    // Accuracy of the trained network on the training set (running statistics, no updates);
+    // the epoch's own figure is taken while the weights still move, batch by batch.
+    CHECK(trainer.evaluate(data, 8).accuracy == 1.0);
+    CHECK(history.back().get("accuracy") >= 0.9);
+    CHECK(history.back().get("loss") < history.front().get("loss") * 0.1);
+    CHECK(history.back().get("lr") < 1e-2);  // the plateau callback did act
+}
+
+TEST_CASE("same seed, same threads: bit-identical weights; a resumed run equals an uninterrupted one") {
+    TempDir dir;
+    auto data = synthetic(24, 3), val = synthetic(8, 4);
+    auto run = [&](int epochs, const std::string& ckpt, const std::string& resume_from, uint64_t seed) {
+        auto net = fresh(seed);
+        net->head.drop.p = 0.3f;  // dropout masks must replay too
+        Adam adam(2e-3);
+        ReduceLROnPlateau::Options ro;
+        ro.patience = 1;
+        ro.factor = 0.5;
+        ReduceLROnPlateau plateau(ro);
+        Trainer<Tiny> trainer(*net, adam, {&plateau});
+        FitOptions o;
+        o.epochs = epochs;
+        o.batch = 8;
+        o.seed = seed;
+        o.checkpoint = ckpt;
+        ResumePoint from;
+        if (!resume_from.empty()) from = trainer.load_checkpoint(resume_from);
+        trainer.fit(data, &val, o, from);
+        return bytes_of(*net);
+    };
+    const auto a = run(4, "", "", 21);
+    const auto b = run(4, "", "", 21);
+    REQUIRE(a.size() == b.size());
+    CHECK(std::memcmp(a.data(), b.data(), a.size()) == 0);
+    const auto c = run(4, "", "", 22);
+    CHECK(std::memcmp(a.data(), c.data(), a.size()) != 0);
+
+    const std::string ckpt = (dir.path / "checkpoint.safetensors").string();
+    run(2, ckpt, "", 21);                 // stopped after two epochs
+    const auto resumed = run(4, ckpt, ckpt, 21);  // a new process would do exactly this
+    CHECK(std::memcmp(a.data(), resumed.data(), a.size()) == 0);
+    const auto f = io::SafeTensors::open(ckpt);
+    CHECK(f.meta("epochs_done") == "4");
+    CHECK(f.meta("step") == "12");
+    CHECK(f.contains("optim.m.head_fc.weight"));
+}
+
+TEST_CASE("a non-finite loss stops training with a message naming the step; the checkpoint survives") {
+    TempDir dir;
+    auto data = synthetic(16, 5);
+    auto net = fresh(1);
+    Adam adam(1e-3);
+    Trainer<Tiny> trainer(*net, adam);
+    FitOptions o;
+    o.epochs = 1;
+    o.batch = 8;
+    o.checkpoint = (dir.path / "ckpt.safetensors").string();
+    trainer.fit(data, nullptr, o);
+    const auto good = io::SafeTensors::open(o.checkpoint);
+    net->head.fc.bias.value[0] = std::numeric_limits<float>::quiet_NaN();
+    net->head.fc.bias.touch();
+    o.epochs = 2;
+    std::string msg;
+    try {
+        trainer.fit(data, nullptr, o, {1, 1, false});
+    } catch (const Error& e) {
+        msg = e.what();
+    }
+    CHECK(msg.find("the loss became NaN at phase 1 epoch 2 batch 1 (optimizer step 3)") != std::string::npos);
+    CHECK(msg.find(o.checkpoint) != std::string::npos);
+    const auto still = io::SafeTensors::open(o.checkpoint);
+    CHECK(still.meta("epochs_done") == "1");
+    CHECK(max_rel_diff(still.get("model.head_fc.bias"), good.get("model.head_fc.bias")) == 0.0);
+}
