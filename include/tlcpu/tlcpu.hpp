@@ -22,3 +22,5 @@
 #include "tlcpu/io/safetensors.hpp"
 #include "tlcpu/io/weights.hpp"
 #include "tlcpu/io/image.hpp"
+#include "tlcpu/metrics/classification.hpp"
+#include "tlcpu/report/html.hpp"

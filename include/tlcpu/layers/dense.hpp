@@ -11,14 +11,23 @@ namespace tlcpu {
 
 using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
+inline constexpr int dynamic = 0;  // a size fixed at run time (a head's class count)
+
 // Dense<In, Out>: y = x W^T + b, W in PyTorch's [Out, In] order so weights load by name.
-template <int In, int Out>
+// Dense<In, dynamic>(k) takes its output size at construction: the class count of a data
+// set is known only when its folder is read.
+template <int In, int OutT>
 class Dense {
-    static_assert(In > 0 && Out > 0, "tlcpu: Dense needs positive sizes");
+    static_assert(In > 0 && OutT >= 0, "tlcpu: Dense needs positive sizes");
 
 public:
-    static constexpr int in_channels = In, out_channels = Out;
-    Param weight{{Out, In}, 0.f}, bias{{Out}, 0.f};
+    static constexpr int in_channels = In, out_channels = OutT;
+    const int Out;
+    Param weight, bias;
+
+    explicit Dense(int out = OutT) : Out(out), weight({out, In}, 0.f), bias({out}, 0.f) {
+        check(out > 0, "Dense<" + std::to_string(In) + ", dynamic> needs a positive output size, got " + std::to_string(out));
+    }
 
     template <class F>
     void visit(const std::string& prefix, F&& f) {

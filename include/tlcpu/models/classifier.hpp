@@ -11,9 +11,10 @@
 
 namespace tlcpu {
 
+// Classes may be `dynamic`: then the count is a constructor argument.
 template <int In, int Classes>
 class Head {
-    static_assert(Classes >= 2, "tlcpu: a classifier head needs at least two classes");
+    static_assert(Classes >= 2 || Classes == dynamic, "tlcpu: a classifier head needs at least two classes");
 
 public:
     static constexpr int in_channels = In, out_channels = Classes;
@@ -21,6 +22,11 @@ public:
     BatchNorm1d<In> bn;
     Dropout drop;
     Dense<In, Classes> fc;
+
+    explicit Head(int classes = Classes) : fc(classes) {
+        check(classes >= 2, "a classifier head needs at least two classes, got " + std::to_string(classes));
+    }
+    int classes() const { return fc.Out; }
 
     template <class F>
     void visit(const std::string& prefix, F&& f) {
@@ -55,6 +61,8 @@ public:
     static constexpr int classes = Classes;
     Backbone backbone;
     Head<features, Classes> head;
+
+    explicit Classifier(int n_classes = Classes) : head(n_classes) {}
 
     template <class F>
     void visit(const std::string& prefix, F&& f) {

@@ -32,6 +32,9 @@ public:
     virtual ~BatchSource() = default;
     virtual int64_t size() const = 0;
     virtual void load(const std::vector<int64_t>& indices, int epoch, Tensor& x, std::vector<int>& y) = 0;
+    // The epoch's batches, in order, before the first load(): a source may prepare them in
+    // the background while the model computes.
+    virtual void plan(const std::vector<std::vector<int64_t>>& /*batches*/, int /*epoch*/) {}
 };
 
 // Samples already in memory as one [N, C, H, W] tensor.
@@ -166,10 +169,14 @@ public:
         for (int epoch = resumed ? from.epochs_done : 0; epoch < o.epochs && !(resumed && from.stopped); ++epoch) {
             const auto t0 = std::chrono::steady_clock::now();
             const auto order = epoch_order(n, o.seed, o.phase, epoch, o.shuffle);
+            std::vector<std::vector<int64_t>> plan;
+            for (int64_t b = 0; b < batches; ++b)
+                plan.emplace_back(order.begin() + b * o.batch, order.begin() + std::min(n, (b + 1) * o.batch));
+            train.plan(plan, epoch);
             double loss_sum = 0;
             int64_t correct = 0, seen = 0;
             for (int64_t b = 0; b < batches; ++b) {
-                std::vector<int64_t> idx(order.begin() + b * o.batch, order.begin() + std::min(n, (b + 1) * o.batch));
+                const auto& idx = plan[size_t(b)];
                 train.load(idx, epoch, x, y);
                 seed_dropout(model_, o.seed, uint64_t(opt_.steps));
                 auto r = softmax_cross_entropy(model_.forward(x, Mode::training), y);
