@@ -78,9 +78,16 @@ public:
         std::apply([&](auto&... l) { (for_each_layer(l, f), ...); }, layers);
     }
 
+    // In training, children before the first trainable one run in inference mode: backward
+    // never reaches them, so they keep nothing for it and use the cheaper primitives.
     const dnnl::memory& forward(const dnnl::memory& x, Mode mode) {
         const dnnl::memory* cur = &x;
-        std::apply([&](auto&... l) { ((cur = &l.forward(*cur, mode)), ...); }, layers);
+        bool reached = mode == Mode::inference;
+        auto one = [&](auto& l) {
+            reached = reached || trainable(l);
+            cur = &l.forward(*cur, reached ? mode : Mode::inference);
+        };
+        std::apply([&](auto&... l) { (one(l), ...); }, layers);
         out_ = cur;
         return *cur;
     }

@@ -53,6 +53,27 @@ public:
     }
 };
 
+// The head alone on cached backbone features [N, In]: what phase 1 trains when the frozen
+// backbone's output is computed once per image. Shares its parameters with `head`.
+template <int In, int Classes>
+class HeadOnly {
+public:
+    explicit HeadOnly(Head<In, Classes>& h) : head(h) {}
+    Head<In, Classes>& head;
+    template <class F>
+    void visit(const std::string& prefix, F&& f) { head.visit(prefix, f); }
+    template <class F>
+    void each(F&& f) { f(head.bn), f(head.drop), f(head.fc); }
+    const Tensor& forward(const Tensor& feats, Mode m) {
+        return head.fc.forward(head.drop.forward(head.bn.forward(feats, m), m), m);
+    }
+    void backward(const Tensor& dlogits) {
+        const Tensor* g = head.fc.backward(dlogits, true);
+        g = head.drop.backward(*g, true);
+        head.bn.backward(*g, false);
+    }
+};
+
 template <class Backbone, int Classes>
 class Classifier {
 public:

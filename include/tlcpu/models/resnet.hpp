@@ -113,8 +113,12 @@ public:
         for (auto& b : rest) b.each(f);
     }
     const dnnl::memory& forward(const dnnl::memory& x, Mode m) {
-        const dnnl::memory* cur = &first.forward(x, m);
-        for (auto& b : rest) cur = &b.forward(*cur, m);
+        bool reached = m == Mode::inference || trainable(first);  // as in Sequential::forward
+        const dnnl::memory* cur = &first.forward(x, reached ? m : Mode::inference);
+        for (auto& b : rest) {
+            reached = reached || trainable(b);
+            cur = &b.forward(*cur, reached ? m : Mode::inference);
+        }
         return *cur;
     }
     const dnnl::memory& output() const { return rest.empty() ? first.output() : rest.back().output(); }

@@ -37,11 +37,11 @@ public:
     virtual void plan(const std::vector<std::vector<int64_t>>& /*batches*/, int /*epoch*/) {}
 };
 
-// Samples already in memory as one [N, C, H, W] tensor.
+// Samples already in memory as one [N, ...] tensor: images, or cached features.
 class TensorSource : public BatchSource {
 public:
     TensorSource(Tensor images, std::vector<int> labels) : images_(std::move(images)), labels_(std::move(labels)) {
-        check(images_.rank() == 4 && images_.dim(0) == int64_t(labels_.size()),
+        check(images_.rank() >= 2 && images_.dim(0) == int64_t(labels_.size()),
               "TensorSource: " + std::to_string(labels_.size()) + " labels for images " + to_string(images_.shape()));
     }
     int64_t size() const override { return images_.dim(0); }
@@ -131,6 +131,8 @@ public:
     Trainer(Model& model, Optimizer& opt, std::vector<Callback*> callbacks = {})
         : model_(model), opt_(opt), callbacks_(std::move(callbacks)) {}
 
+    std::function<void(const std::string& path)> save_model;  // what ModelCheckpoint calls
+
     Metrics evaluate(BatchSource& data, int batch) {
         Metrics m;
         Tensor x;
@@ -159,6 +161,7 @@ public:
         ctl.lr = opt_.lr;
         ctl.get_weights = [&] { return get_weights(model_); };
         ctl.set_weights = [&](const std::vector<Tensor>& w) { set_weights(model_, w); };
+        ctl.save_model = save_model;
         const bool resumed = from.phase == o.phase && from.epochs_done > 0;
         for (auto* c : callbacks_) c->on_phase_begin(o.phase, ctl);
         if (resumed) restore_callbacks();

@@ -1,0 +1,308 @@
+// train_cpu: the two-phase transfer-learning recipe on a folder of class subfolders.
+//
+// Phase 1 trains the head (global average pool, BatchNorm, Dropout, Dense) on a frozen
+// ImageNet ResNet-50; phase 2 unfreezes the last block and fine-tunes from phase 1's best
+// weights at a lower learning rate. Both phases use Keras' callbacks (EarlyStopping with
+// best-weight restore, ReduceLROnPlateau, ModelCheckpoint on val_loss). Everything needed
+// to repeat, evaluate or resume the run is written to --out.
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <omp.h>
+
+#include <CLI/CLI.hpp>
+
+#include "common.hpp"
+
+namespace fs = std::filesystem;
+using namespace tlcpu;
+
+namespace {
+
+struct Config {
+    std::string data, weights, out, exclude, backbone = "auto", layout = "auto", preprocess = "auto";
+    std::string split = "stratified", resize = "antialias", init_missing, unfreeze;
+    int size = 224, batch = 32, epochs1 = 20, epochs2 = 20, max_per_class = 0, patience = 4, plateau_patience = 2;
+    double val_split = 0.2, lr1 = 2e-4, lr2 = 1e-5, dropout = 0.3, plateau_factor = 0.2, min_lr = 1e-7;
+    double rotation = 15, shift = 0.1, zoom = 0.1;
+    bool augment = true, flip = true, resume = false;
+    uint64_t seed = 1;
+};
+
+std::string fmt(double v) {
+    char b[32];
+    std::snprintf(b, sizeof b, "%.6g", v);
+    return b;
+}
+
+template <class M>
+std::vector<EpochLogs> phase(M& model, Optimizer& opt, BatchSource& train, BatchSource& val, int number, int epochs,
+                             const Config& c, ModelCheckpoint& best, CSVLogger& csv, std::function<void(const std::string&)> save,
+                             const std::map<std::string, std::string>& meta, const std::string& ckpt, bool resume) {
+    EarlyStopping early({"val_loss", "auto", 0, c.patience, true, 0});
+    ReduceLROnPlateau plateau({"val_loss", "auto", c.plateau_factor, c.plateau_patience, 1e-4, 0, c.min_lr, true});
+    ProgressBar bar(stdout, false, epochs);
+    Trainer<M> trainer(model, opt, {&best, &early, &plateau, &csv, &bar});
+    trainer.save_model = std::move(save);
+    FitOptions o;
+    o.phase = number;
+    o.epochs = epochs;
+    o.batch = c.batch;
+    o.seed = c.seed;
+    o.checkpoint = ckpt;
+    o.metadata = meta;
+    ResumePoint from;
+    if (resume) {
+        from = trainer.load_checkpoint(ckpt);
+        std::printf("resuming phase %d after epoch %d\n", from.phase, from.epochs_done);
+    }
+    auto h = trainer.fit(train, &val, o, from);
+    std::printf("phase %d: %zu epochs, best val_loss %.4f\n", number, h.size(), early.best());
+    return h;
+}
+
+// Features of the frozen backbone, computed once: phase 1 then trains the head alone.
+template <class Net>
+TensorSource cached_features(Net& net, data::FolderSource& src, int batch) {
+    Tensor feats({src.size(), int64_t(Net::features)}), x;
+    std::vector<int> labels, y;
+    for (int64_t b0 = 0; b0 < src.size(); b0 += batch) {
+        std::vector<int64_t> idx(size_t(std::min<int64_t>(batch, src.size() - b0)));
+        for (size_t i = 0; i < idx.size(); ++i) idx[i] = b0 + int64_t(i);
+        src.load(idx, 0, x, y);
+        const Tensor& f = net.head.pool.forward(net.backbone.forward(view(x), Mode::inference), Mode::inference);
+        std::copy(f.begin(), f.end(), feats.data() + b0 * Net::features);
+        labels.insert(labels.end(), y.begin(), y.end());
+    }
+    return TensorSource(std::move(feats), std::move(labels));
+}
+
+template <Layout L, Depth D>
+void run(const Config& c, const io::SafeTensors& weights, const Preprocessing& pre, const data::DecodedSet& set,
+         const data::Split& split) {
+    using Net = Classifier<ResNet50<L, 64, D>, dynamic>;
+    const int k = int(set.classes.size());
+    auto net = std::make_unique<Net>(k);
+    LoadOptions lo;
+    lo.seed = c.seed;
+    lo.init_missing = app::split_list(c.init_missing);
+    std::printf("weights: %s\n", load_weights(net->backbone, weights, lo).summary().c_str());
+
+    // The head as Keras builds it: BatchNormalization (momentum 0.99, eps 1e-3), Dropout,
+    // Dense with Glorot-uniform weights and zero bias.
+    net->head.bn.config = {1e-3f, 0.01f, BNMode::batch};
+    net->head.drop.p = float(c.dropout);
+    const float limit = std::sqrt(6.f / float(Net::features + k));
+    for (int64_t i = 0; i < net->head.fc.weight.value.size(); ++i)
+        net->head.fc.weight.value[i] = limit * (2 * uniform01(c.seed, hash_name("head_fc.weight"), uint64_t(i)) - 1);
+    net->head.fc.weight.touch();
+
+    // Backbone parts initialised fresh (layer4 for --backbone c5 on partial weights) train
+    // from phase 1 on, with batch statistics: they have no running statistics to trust.
+    freeze_all(net->backbone);
+    std::vector<std::string> fresh;
+    for (const auto& p : lo.init_missing)
+        if (p.starts_with("layer")) fresh.push_back(p);
+    if (!fresh.empty()) {
+        unfreeze(*net, fresh);
+        for_each_layer(net->backbone, [&](auto&) {});
+        if constexpr (D == Depth::c5) set_bn_mode(net->backbone.template get<4>(), BNMode::batch);
+    }
+
+    std::string classes;
+    for (const auto& n : set.classes) classes += (classes.empty() ? "" : ",") + n;
+    const std::map<std::string, std::string> meta{
+        {"architecture", std::string("tlcpu ResNet-50 ") + (D == Depth::c4 ? "c4" : "c5") + " + head"},
+        {"layout", L == Layout::v1 ? "v1" : "v1.5"},
+        {"depth", D == Depth::c4 ? "c4" : "c5"},
+        {"classes", classes},
+        {"input_size", std::to_string(c.size)},
+        {"preprocessing", pre.mode == Preprocess::caffe ? "caffe B=" + fmt(pre.caffe_mean_bgr[0]) + " G=" +
+                                                              fmt(pre.caffe_mean_bgr[1]) + " R=" + fmt(pre.caffe_mean_bgr[2])
+                                                        : "torch"},
+        {"head_bn_eps", fmt(net->head.bn.config.eps)}};
+    const fs::path out(c.out);
+    auto save_best = [&](const std::string& path) {
+        std::vector<std::pair<std::string, const Tensor*>> t;
+        net->visit("", [&](const std::string& n, Param& p) { t.push_back({n, &p.value}); });
+        io::save_safetensors(path, t, meta);
+    };
+
+    data::AugmentOptions aug;
+    if (c.augment) aug = {float(c.rotation), float(c.shift), float(c.shift), float(c.zoom), c.flip};
+    data::FolderSource train(set, split.train, pre, aug, c.seed), val(set, split.val, pre);
+    const std::string ckpt = (out / "checkpoint.safetensors").string();
+    int resume_phase = 0;
+    if (c.resume) {
+        check(fs::exists(ckpt), ckpt + ": nothing to resume from");
+        resume_phase = std::stoi(io::SafeTensors::open(ckpt).meta("phase"));
+    }
+    ModelCheckpoint best({(out / "best.safetensors").string(), "val_loss", "auto", true});
+    CSVLogger csv((out / "history.csv").string(), {"loss", "accuracy", "val_loss", "val_accuracy", "lr"}, c.resume);
+
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<double> phase_seconds;
+    // Phase 1: backbone frozen. Without augmentation and with nothing in the backbone to
+    // train, its output is the same every epoch: compute it once and train the head alone.
+    if (resume_phase <= 1) {
+        Adam adam(c.lr1);
+        if (!c.augment && fresh.empty()) {
+            std::printf("phase 1: caching frozen-backbone features of %lld + %lld images\n", (long long)train.size(),
+                        (long long)val.size());
+            TensorSource tf = cached_features(*net, train, c.batch), vf = cached_features(*net, val, c.batch);
+            HeadOnly head(net->head);
+            phase(head, adam, tf, vf, 1, c.epochs1, c, best, csv, save_best, meta, ckpt, resume_phase == 1);
+        } else {
+            phase(*net, adam, train, val, 1, c.epochs1, c, best, csv, save_best, meta, ckpt, resume_phase == 1);
+        }
+        phase_seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    // Phase 2: unfreeze the last block (or what --unfreeze names) and fine-tune from the best
+    // phase-1 weights (EarlyStopping restored them) at the lower rate.
+    const auto t1 = std::chrono::steady_clock::now();
+    if (c.epochs2 > 0) {
+        const auto groups = c.unfreeze.empty() ? std::vector<std::string>{D == Depth::c4 ? "layer3.5." : "layer4."}
+                                               : app::split_list(c.unfreeze);
+        std::printf("phase 2: unfreezing %d tensors (%s)\n", unfreeze(*net, groups), c.unfreeze.empty() ? groups[0].c_str() : c.unfreeze.c_str());
+        Adam adam(c.lr2);
+        phase(*net, adam, train, val, 2, c.epochs2, c, best, csv, save_best, meta, ckpt, resume_phase == 2);
+    }
+    phase_seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count());
+
+    // Evaluate the best model on the validation split.
+    {
+        const auto bestf = io::SafeTensors::open((out / "best.safetensors").string());
+        load_weights(*net, bestf);
+    }
+    auto pred = app::predict(*net, val, c.batch);
+    auto rep = classification_report(pred.truth, pred.predicted, set.classes);
+    {
+        std::ofstream m(out / "metrics.json");
+        m << rep.to_json().dump(2) << "\n";
+    }
+    std::printf("\nvalidation split (%lld images; not test accuracy)\n%s\n%s\n", (long long)rep.n, rep.confusion_text().c_str(),
+                rep.text(3).c_str());
+
+    // The report: curves from history.csv (complete even after a resume), the confusion
+    // matrix and the misclassified validation images.
+    ReportInput in;
+    in.title = "tlcpu train_cpu — " + fs::path(c.data).filename().string() + ", ResNet-50 " + (D == Depth::c4 ? "c4" : "c5");
+    std::ifstream hist(out / "history.csv");
+    std::string line;
+    std::getline(hist, line);
+    while (std::getline(hist, line)) {
+        auto f = app::split_list(line);
+        if (f.size() < 8) continue;
+        auto num = [](const std::string& s) { return s == "NA" ? std::nan("") : std::stod(s); };
+        in.history.push_back({std::stoi(f[0]), std::stoi(f[1]), num(f[2]), num(f[3]), num(f[4]), num(f[5]), num(f[6]), num(f[7])});
+    }
+    in.validation = rep;
+    for (size_t i = 0; i < pred.truth.size() && in.misclassified.size() < 24; ++i) {
+        if (pred.truth[i] == pred.predicted[i]) continue;
+        const size_t file = size_t(split.val[i]);
+        Image im{set.size, set.size, std::vector<uint8_t>(set.image(file), set.image(file) + size_t(set.size) * set.size * 3)};
+        Image th = resize(im, 112, 112);
+        in.misclassified.push_back({set.files[file].path, pred.truth[i], pred.predicted[i], pred.probs[i], th.rgb, 112, 112});
+    }
+    for (const auto& [key, v] : meta) in.settings.push_back({key, v});
+    in.settings.push_back({"phase seconds", [&] { std::string s; for (double t : phase_seconds) s += fmt(t) + " "; return s; }()});
+    in.notes = "Accuracy here is on a validation split carved from the training folder (seed " + std::to_string(c.seed) +
+               "); it chose the epochs and learning rates, so it is optimistic. It is not test accuracy.";
+    write_html((out / "report.html").string(), in);
+    std::printf("wrote %s (best.safetensors, checkpoint.safetensors, history.csv, metrics.json, split.tsv, config.toml, report.html)\n",
+                c.out.c_str());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    Config c;
+    CLI::App app{"Two-phase transfer learning of an ImageNet ResNet-50 on a folder of class subfolders"};
+    app.set_config("--config", "", "Read options from a TOML file (config.toml of a previous run works)");
+    app.add_option("--data", c.data, "Folder of class subfolders")->required();
+    app.add_option("--weights", c.weights, "ImageNet ResNet-50 weights (safetensors, torchvision names)")->required();
+    app.add_option("--out", c.out, "Run folder for every output")->required();
+    app.add_option("--backbone", c.backbone, "c4: end after layer3; c5: full; auto: c5 when the weights hold layer4")
+        ->check(CLI::IsMember({"auto", "c4", "c5"}))->capture_default_str();
+    app.add_option("--init-missing", c.init_missing, "Comma-separated name prefixes that may be missing from the weights and are He-initialised (e.g. layer4.,fc.)");
+    app.add_option("--layout", c.layout, "v1 (caffe/Keras), v1.5 (torchvision/timm), auto: from the weights' metadata")
+        ->check(CLI::IsMember({"auto", "v1", "v1.5"}))->capture_default_str();
+    app.add_option("--preprocess", c.preprocess, "caffe, torch, auto: from the weights' metadata")
+        ->check(CLI::IsMember({"auto", "caffe", "torch"}))->capture_default_str();
+    app.add_option("--size", c.size, "Input side in pixels")->capture_default_str();
+    app.add_option("--resize", c.resize, "antialias, or nearest (Keras' default)")->check(CLI::IsMember({"antialias", "nearest"}))->capture_default_str();
+    app.add_option("--batch", c.batch, "Batch size")->capture_default_str();
+    app.add_option("--val-split", c.val_split, "Fraction of each class held out for validation")->capture_default_str();
+    app.add_option("--split", c.split, "stratified (seeded) or keras (first files of each class)")->check(CLI::IsMember({"stratified", "keras"}))->capture_default_str();
+    app.add_option("--seed", c.seed, "Seed of the split, shuffles, augmentation, dropout and fresh weights")->capture_default_str();
+    app.add_option("--epochs1", c.epochs1, "Phase 1 (frozen backbone) epochs at most")->capture_default_str();
+    app.add_option("--epochs2", c.epochs2, "Phase 2 (fine-tuning) epochs at most; 0 skips it")->capture_default_str();
+    app.add_option("--lr1", c.lr1, "Phase 1 Adam learning rate")->capture_default_str();
+    app.add_option("--lr2", c.lr2, "Phase 2 Adam learning rate")->capture_default_str();
+    app.add_option("--unfreeze", c.unfreeze, "Comma-separated groups phase 2 unfreezes (default: layer3.5. for c4, layer4. for c5)");
+    app.add_option("--dropout", c.dropout, "Head dropout rate")->capture_default_str();
+    app.add_option("--patience", c.patience, "EarlyStopping patience (val_loss)")->capture_default_str();
+    app.add_option("--plateau-patience", c.plateau_patience, "ReduceLROnPlateau patience")->capture_default_str();
+    app.add_option("--plateau-factor", c.plateau_factor, "ReduceLROnPlateau factor")->capture_default_str();
+    app.add_option("--min-lr", c.min_lr, "ReduceLROnPlateau minimum learning rate")->capture_default_str();
+    app.add_flag("--augment,!--no-augment", c.augment, "Augment training images (rotation, shifts, zoom, flip)")->capture_default_str();
+    app.add_option("--rotation", c.rotation, "Rotation range in degrees")->capture_default_str();
+    app.add_option("--shift", c.shift, "Width and height shift range (fraction)")->capture_default_str();
+    app.add_option("--zoom", c.zoom, "Zoom range")->capture_default_str();
+    app.add_flag("--flip,!--no-flip", c.flip, "Random horizontal flips")->capture_default_str();
+    app.add_option("--exclude", c.exclude, "Duplicates list (groups TSV) whose redundant copies are left out");
+    app.add_option("--max-per-class", c.max_per_class, "Use at most this many images per class (0: all)")->capture_default_str();
+    app.add_flag("--resume", c.resume, "Continue from RUN_DIR/checkpoint.safetensors");
+    CLI11_PARSE(app, argc, argv);
+
+    try {
+        fs::create_directories(c.out);
+        {
+            std::ofstream cfg(fs::path(c.out) / "config.toml");
+            cfg << app.config_to_str(true, false);
+            check(bool(cfg), c.out + "/config.toml: cannot write");
+        }
+        const auto weights = io::SafeTensors::open(c.weights);
+        const Layout layout = c.layout == "auto" ? layout_of(weights) : c.layout == "v1" ? Layout::v1 : Layout::v1_5;
+        Preprocessing pre = preprocessing_of(weights);
+        if (c.preprocess != "auto") pre.mode = c.preprocess == "caffe" ? Preprocess::caffe : Preprocess::torch;
+        const bool c5 = c.backbone == "c5" || (c.backbone == "auto" && weights.contains("layer4.2.conv3.weight"));
+
+        auto folder = data::ImageFolder::scan(c.data);
+        if (c.max_per_class > 0) {
+            std::vector<data::FileEntry> keep;
+            std::vector<int> count(folder.classes.size(), 0);
+            for (const auto& f : folder.files)
+                if (count[size_t(f.label)]++ < c.max_per_class) keep.push_back(f);
+            folder.files = keep;
+        }
+        data::DecodeOptions dopt;
+        dopt.size = c.size;
+        dopt.resize = c.resize == "nearest" ? data::Resize::nearest : data::Resize::antialias;
+        if (!c.exclude.empty()) dopt.exclude = data::read_exclude_list(c.exclude);
+        const auto t0 = std::chrono::steady_clock::now();
+        const auto set = data::decode_folder(folder, dopt);
+        std::printf("tlcpu train_cpu: %zu images in %zu classes decoded in %.1f s (%zu unreadable, %d excluded), %.0f MB cached; "
+                    "ResNet-50 %s, layout %s, %s preprocessing, %d threads\n",
+                    set.files.size(), set.classes.size(),
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), set.skipped.size(),
+                    set.excluded, double(set.bytes()) / 1e6, c5 ? "c5" : "c4", layout == Layout::v1 ? "v1" : "v1.5",
+                    pre.mode == Preprocess::caffe ? "caffe" : "torch", omp_get_max_threads());
+        const int k = int(set.classes.size());
+        const auto split = c.split == "keras" ? data::split_keras(set.files, k, c.val_split)
+                                              : data::split_stratified(set.files, k, c.val_split, c.seed);
+        check(!split.train.empty() && !split.val.empty(), "the split left no training or no validation images");
+        data::write_split_tsv((fs::path(c.out) / "split.tsv").string(), set, split, c.data);
+        std::printf("split: %zu train, %zu validation\n", split.train.size(), split.val.size());
+
+        if (layout == Layout::v1)
+            c5 ? run<Layout::v1, Depth::c5>(c, weights, pre, set, split) : run<Layout::v1, Depth::c4>(c, weights, pre, set, split);
+        else
+            c5 ? run<Layout::v1_5, Depth::c5>(c, weights, pre, set, split) : run<Layout::v1_5, Depth::c4>(c, weights, pre, set, split);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "error: %s\n", e.what());
+        return 1;
+    }
+    return 0;
+}
