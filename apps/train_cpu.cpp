@@ -219,6 +219,7 @@ void run(const Config& c, const io::SafeTensors& weights, const Preprocessing& p
 int main(int argc, char** argv) {
     Config c;
     CLI::App app{"Two-phase transfer learning of an ImageNet ResNet-50 on a folder of class subfolders"};
+    app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // a later flag overrides
     app.set_config("--config", "", "Read options from a TOML file (config.toml of a previous run works)");
     app.add_option("--data", c.data, "Folder of class subfolders")->required();
     app.add_option("--weights", c.weights, "ImageNet ResNet-50 weights (safetensors, torchvision names)")->required();

@@ -1,0 +1,82 @@
+// evaluate: a trained model (best.safetensors from train_cpu) on a folder of class
+// subfolders: confusion matrix and a scikit-learn-style classification report.
+#include <filesystem>
+#include <fstream>
+
+#include <CLI/CLI.hpp>
+
+#include "common.hpp"
+
+namespace fs = std::filesystem;
+using namespace tlcpu;
+
+namespace {
+
+template <Layout L, Depth D>
+ClassificationReport evaluate(const io::SafeTensors& model_file, const data::DecodedSet& set,
+                              const std::vector<int64_t>& indices, const Preprocessing& pre, int batch) {
+    auto net = std::make_unique<Classifier<ResNet50<L, 64, D>, dynamic>>(int(set.classes.size()));
+    net->head.bn.config.eps = std::stof(model_file.meta("head_bn_eps", "1e-3"));
+    load_weights(*net, model_file);  // every tensor must be there: this is a trained model
+    data::FolderSource src(set, indices, pre);
+    auto p = app::predict(*net, src, batch);
+    return classification_report(p.truth, p.predicted, set.classes);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    std::string model, dir, json, exclude, split, subset = "val";
+    int batch = 32;
+    CLI::App app{"Evaluate a trained tlcpu model on a folder of class subfolders"};
+    app.add_option("--model", model, "best.safetensors written by train_cpu")->required();
+    app.add_option("--data", dir, "Folder of class subfolders; names must be the model's classes")->required();
+    app.add_option("--json", json, "Also write the metrics as JSON here");
+    app.add_option("--exclude", exclude, "Duplicates list (groups TSV) whose redundant copies are left out");
+    app.add_option("--split", split, "split.tsv of a train_cpu run: evaluate only its --subset files");
+    app.add_option("--subset", subset, "With --split: train or val")->check(CLI::IsMember({"train", "val"}))->capture_default_str();
+    app.add_option("--batch", batch, "Images per forward pass")->capture_default_str();
+    CLI11_PARSE(app, argc, argv);
+    try {
+        const auto f = io::SafeTensors::open(model);
+        const auto classes = app::split_list(f.meta("classes"));
+        check(classes.size() >= 2, model + ": no class names in the metadata (not a train_cpu model?)");
+        auto folder = data::ImageFolder::scan(dir);
+        if (folder.classes != classes) {
+            std::string have, want;
+            for (auto& c : folder.classes) have += (have.empty() ? "" : ", ") + c;
+            for (auto& c : classes) want += (want.empty() ? "" : ", ") + c;
+            fail(dir + ": class folders (" + have + ") differ from the model's classes (" + want + ")");
+        }
+        data::DecodeOptions dopt;
+        dopt.size = std::stoi(f.meta("input_size", "224"));
+        if (!exclude.empty()) dopt.exclude = data::read_exclude_list(exclude);
+        const auto set = data::decode_folder(folder, dopt);
+        std::vector<int64_t> idx;
+        if (split.empty()) {
+            for (size_t i = 0; i < set.files.size(); ++i) idx.push_back(int64_t(i));
+        } else {
+            // Files the split does not list (a run on a subset) are simply not evaluated.
+            const auto subsets = data::read_split_tsv(split);
+            for (size_t i = 0; i < set.files.size(); ++i) {
+                auto it = subsets.find(data::detail::relative_to(set.files[i].path, dir));
+                if (it != subsets.end() && it->second == subset) idx.push_back(int64_t(i));
+            }
+        }
+        check(!idx.empty(), dir + ": no images to evaluate");
+        const Preprocessing pre = preprocessing_of(f);
+        const bool v1 = layout_of(f) == Layout::v1, c5 = f.meta("depth") == "c5";
+        const auto rep = v1 ? (c5 ? evaluate<Layout::v1, Depth::c5>(f, set, idx, pre, batch) : evaluate<Layout::v1, Depth::c4>(f, set, idx, pre, batch))
+                            : (c5 ? evaluate<Layout::v1_5, Depth::c5>(f, set, idx, pre, batch) : evaluate<Layout::v1_5, Depth::c4>(f, set, idx, pre, batch));
+        std::printf("%s (%lld images)\n\n%s\n%s", dir.c_str(), (long long)rep.n, rep.confusion_text().c_str(), rep.text(3).c_str());
+        if (!json.empty()) {
+            std::ofstream o(json);
+            o << rep.to_json().dump(2) << "\n";
+            check(bool(o), json + ": cannot write");
+        }
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "error: %s\n", e.what());
+        return 1;
+    }
+    return 0;
+}

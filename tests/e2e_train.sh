@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# End to end on a small subset of the real Training folder: train_cpu writes every output,
+# they parse, evaluate on the split's validation files agrees with metrics.json, and a
+# resumed run continues the history. Args: BUILD_DIR SHARED_DIR
+set -euo pipefail
+build=$1 shared=$2
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+args=(--data "$shared/data/brain-tumor-mri/Training"
+      --weights "$shared/weights/resnet50-imagenet-caffe-partial.safetensors"
+      --out "$out/run" --max-per-class 12 --size 96 --batch 8 --epochs1 1 --epochs2 1)
+"$build/apps/train_cpu" "${args[@]}" > "$out/train.log"
+for f in config.toml split.tsv history.csv best.safetensors checkpoint.safetensors metrics.json report.html; do
+  [ -s "$out/run/$f" ] || { echo "missing or empty: $f"; cat "$out/train.log"; exit 1; }
+done
+"$build/apps/evaluate" --model "$out/run/best.safetensors" --data "$shared/data/brain-tumor-mri/Training" \
+  --split "$out/run/split.tsv" --json "$out/eval.json" > "$out/eval.log"
+/usr/bin/python3 - "$out" <<'PY'
+import csv, json, sys
+out = sys.argv[1]
+m, e = json.load(open(f"{out}/run/metrics.json")), json.load(open(f"{out}/eval.json"))
+assert m == e, f"metrics.json {m} differs from evaluate {e}"
+assert m["n"] == 8 and set(m["per_class"]) == {"glioma", "meningioma", "notumor", "pituitary"}, m
+rows = list(csv.DictReader(open(f"{out}/run/history.csv")))
+assert [(r["phase"], r["epoch"]) for r in rows] == [("1", "0"), ("2", "0")], rows
+split = list(csv.reader(open(f"{out}/run/split.tsv"), delimiter="\t"))
+assert split[0] == ["file", "class", "subset"] and len(split) == 1 + 48, len(split)
+html = open(f"{out}/run/report.html").read()
+assert "<svg" in html and "data:image/png;base64" in html and "not test accuracy" in html
+PY
+"$build/apps/train_cpu" "${args[@]}" --epochs2 2 --resume > "$out/resume.log"
+grep -q "resuming phase 2 after epoch 1" "$out/resume.log" || { cat "$out/resume.log"; exit 1; }
+/usr/bin/python3 - "$out" <<'PY'
+import csv, sys
+rows = list(csv.DictReader(open(f"{sys.argv[1]}/run/history.csv")))
+assert [(r["phase"], r["epoch"]) for r in rows] == [("1", "0"), ("2", "0"), ("2", "1")], rows
+PY
+echo "e2e: train_cpu, evaluate and resume agree"
