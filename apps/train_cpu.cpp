@@ -217,6 +217,7 @@ void run(const Config& c, const io::SafeTensors& weights, const Preprocessing& p
 }  // namespace
 
 int main(int argc, char** argv) {
+    std::setvbuf(stdout, nullptr, _IOLBF, 0);  // progress shows up line by line in a log too
     Config c;
     CLI::App app{"Two-phase transfer learning of an ImageNet ResNet-50 on a folder of class subfolders"};
     app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // a later flag overrides

@@ -28,6 +28,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "tlcpu/core/atomic_file.hpp"
 #include "tlcpu/core/error.hpp"
 #include "tlcpu/core/tensor.hpp"
 
@@ -306,44 +307,13 @@ inline void save_safetensors(const std::string& path,
     // Padding keeps the data region 8-byte aligned, so readers can map tensors without copying.
     header.append((8 - header.size() % 8) % 8, ' ');
 
-    const std::string tmp = path + ".tmp-" + std::to_string(::getpid());
-    struct Guard {  // on any failure: close and remove the temp file, leaving path as it was
-        const std::string& tmp;
-        FILE* f = nullptr;
-        bool renamed = false;
-        ~Guard() {
-            if (f) std::fclose(f);
-            if (!renamed) std::remove(tmp.c_str());
-        }
-    } g{tmp};
-    auto io_fail = [&](const std::string& what) {
-        const int err = errno;
-        fail(path + ": " + what + ": " + (err ? std::strerror(err) : "short write"));
-    };
-
-    errno = 0;
-    g.f = std::fopen(tmp.c_str(), "wb");
-    if (!g.f) io_fail("cannot create temporary file '" + tmp + "'");
-    const uint64_t n = header.size();
-    bool ok = std::fwrite(&n, 8, 1, g.f) == 1 && std::fwrite(header.data(), 1, n, g.f) == n;
-    for (const auto& [name, t] : tensors)
-        ok = ok && (t->bytes() == 0 || std::fwrite(t->data(), 1, t->bytes(), g.f) == t->bytes());
-    if (!ok || std::fflush(g.f) != 0) io_fail("cannot write '" + tmp + "'");
-    if (::fsync(::fileno(g.f)) != 0) io_fail("cannot fsync '" + tmp + "'");
-    FILE* f = std::exchange(g.f, nullptr);
-    if (std::fclose(f) != 0) io_fail("cannot close '" + tmp + "'");
-    if (std::rename(tmp.c_str(), path.c_str()) != 0) io_fail("cannot rename '" + tmp + "' over it");
-    g.renamed = true;
-
-    // The rename itself is durable only once the directory is synced.
-    std::string dir = std::filesystem::path(path).parent_path().string();
-    if (dir.empty()) dir = ".";
-    const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) io_fail("cannot open directory '" + dir + "' to fsync it");
-    const int rc = ::fsync(fd), err = errno;
-    ::close(fd);
-    // EINVAL: the filesystem cannot sync directories at all; the file data itself is already synced.
-    if (rc != 0 && err != EINVAL) { errno = err; io_fail("cannot fsync directory '" + dir + "'"); }
+    write_atomically(path, [&](FILE* f) {
+        const uint64_t n = header.size();
+        bool ok = std::fwrite(&n, 8, 1, f) == 1 && std::fwrite(header.data(), 1, n, f) == n;
+        for (const auto& [name, t] : tensors)
+            ok = ok && (t->bytes() == 0 || std::fwrite(t->data(), 1, t->bytes(), f) == t->bytes());
+        return ok;
+    });
 }
 
 }  // namespace tlcpu::io

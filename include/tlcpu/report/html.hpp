@@ -26,6 +26,7 @@
 
 #include <stb_image_write.h>
 
+#include "tlcpu/core/atomic_file.hpp"
 #include "tlcpu/core/error.hpp"
 #include "tlcpu/metrics/classification.hpp"
 
@@ -706,30 +707,7 @@ inline std::string render_html(const ReportInput& in) {
 // the new one, never half of one. Failures are an Error naming the path.
 inline void write_html(const std::string& path, const ReportInput& in) {
     const std::string html = render_html(in);
-    const std::string tmp = path + ".tmp-" + std::to_string(::getpid());
-    struct Guard {
-        const std::string& tmp;
-        FILE* f = nullptr;
-        bool renamed = false;
-        ~Guard() {
-            if (f) std::fclose(f);
-            if (!renamed) std::remove(tmp.c_str());
-        }
-    } g{tmp};
-    auto io_fail = [&](const std::string& what) {
-        const int err = errno;
-        fail(path + ": " + what + ": " + (err ? std::strerror(err) : "short write"));
-    };
-    errno = 0;
-    g.f = std::fopen(tmp.c_str(), "wb");
-    if (!g.f) io_fail("cannot create temporary file '" + tmp + "'");
-    if (std::fwrite(html.data(), 1, html.size(), g.f) != html.size() || std::fflush(g.f) != 0)
-        io_fail("cannot write '" + tmp + "'");
-    if (::fsync(::fileno(g.f)) != 0) io_fail("cannot fsync '" + tmp + "'");
-    FILE* f = std::exchange(g.f, nullptr);
-    if (std::fclose(f) != 0) io_fail("cannot close '" + tmp + "'");
-    if (std::rename(tmp.c_str(), path.c_str()) != 0) io_fail("cannot rename '" + tmp + "' over it");
-    g.renamed = true;
+    write_atomically(path, [&](FILE* f) { return std::fwrite(html.data(), 1, html.size(), f) == html.size(); });
 }
 
 }  // namespace tlcpu
