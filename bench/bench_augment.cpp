@@ -2,7 +2,7 @@
 // cache — the data pipeline's cost per image once decoding is done, to set against the
 // model's throughput. Repeats, reports min / median / max.
 //   bench_augment [DATA_DIR] [images=512] [repeats=7]
-// With DATA_DIR, the first images of its class folders (decoded and resized to 224 once);
+// With DATA_DIR, the first images of each class folder (decoded and resized to 224 once);
 // without, random pixels.
 #include <algorithm>
 #include <chrono>
@@ -19,7 +19,11 @@ int main(int argc, char** argv) {
     std::vector<uint8_t> cache;
     if (argc > 1) {
         auto folder = data::ImageFolder::scan(argv[1]);
-        folder.files.resize(std::min<size_t>(folder.files.size(), size_t(n)));
+        std::vector<data::FileEntry> keep;  // the first n / k of every class
+        std::vector<int> count(folder.classes.size(), 0);
+        for (const auto& f : folder.files)
+            if (count[size_t(f.label)]++ < n / int(folder.classes.size())) keep.push_back(f);
+        folder.files = keep;
         data::DecodeOptions o;
         o.size = s;
         auto set = data::decode_folder(folder, o);
