@@ -106,7 +106,6 @@ void run(const Config& c, const io::SafeTensors& weights, const Preprocessing& p
         if (p.starts_with("layer")) fresh.push_back(p);
     if (!fresh.empty()) {
         unfreeze(*net, fresh);
-        for_each_layer(net->backbone, [&](auto&) {});
         if constexpr (D == Depth::c5) set_bn_mode(net->backbone.template get<4>(), BNMode::batch);
     }
 
