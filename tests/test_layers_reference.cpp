@@ -195,3 +195,15 @@ TEST_CASE("Dense, BatchNorm1d and softmax on the head") {
     CHECK(zeros < 1150);
     CHECK(&drop.forward(ones, Mode::inference) == &ones);
 }
+
+TEST_CASE("copying a default tensor (an unallocated gradient) gives an empty tensor") {
+    Param p({3}, 1.f);
+    Param q = p;  // p.grad was never allocated
+    CHECK(q.grad.size() == 0);
+    CHECK(q.value[2] == 1.f);
+    Tensor x({3}, 2.f);
+    x = Tensor{};
+    CHECK(x.size() == 0);
+    x = q.value;
+    CHECK(x.size() == 3);
+}

@@ -44,16 +44,23 @@ public:
         alloc();
         std::fill(data(), data() + size(), fill);
     }
+    // A default tensor has no buffer (shape {} would otherwise mean one element): copies of
+    // it, such as the gradient of a parameter that never ran backward, have none either.
     Tensor(const Tensor& o) : shape_(o.shape_) {
+        if (!o.buf_) return;
         alloc();
-        if (size()) std::memcpy(data(), o.data(), bytes());
+        std::memcpy(data(), o.data(), o.bytes());
     }
     Tensor& operator=(const Tensor& o) {
-        if (this != &o) {
-            if (o.size() != size()) { shape_ = o.shape_; alloc(); }
+        if (this == &o) return *this;
+        if (!o.buf_) {
             shape_ = o.shape_;
-            if (size()) std::memcpy(data(), o.data(), bytes());
+            buf_.reset();
+            return *this;
         }
+        if (!buf_ || o.size() != size()) { shape_ = o.shape_; alloc(); }
+        shape_ = o.shape_;
+        std::memcpy(data(), o.data(), o.bytes());
         return *this;
     }
     Tensor(Tensor&&) noexcept = default;
