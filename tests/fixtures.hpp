@@ -20,4 +20,14 @@ inline Tensor spatial_mean(const Tensor& t) {
     return m;
 }
 
+// The message of the tlcpu::Error that fn throws, or "" when it throws none.
+inline std::string error_of(auto&& fn) {
+    try {
+        fn();
+    } catch (const Error& e) {
+        return e.what();
+    }
+    return "";
+}
+
 }  // namespace tlcpu::test

@@ -113,14 +113,7 @@ Bytes one_component_jpeg() {
     return b;
 }
 
-std::string error_of(auto&& fn) {
-    try {
-        fn();
-    } catch (const Error& e) {
-        return e.what();
-    }
-    return "";
-}
+using test::error_of;
 
 std::vector<std::string> lines_of(std::FILE* f) {
     std::rewind(f);

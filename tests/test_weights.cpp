@@ -40,14 +40,7 @@ io::SafeTensors write(const TempFile& f, const std::map<std::string, Tensor>& sd
     return io::SafeTensors::open(f.path.string());
 }
 
-std::string error_of(auto&& fn) {
-    try {
-        fn();
-    } catch (const Error& e) {
-        return e.what();
-    }
-    return "";
-}
+using test::error_of;
 
 }  // namespace
 
