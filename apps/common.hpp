@@ -1,5 +1,5 @@
-// Shared by train_cpu and evaluate: building the model a best.safetensors describes, and
-// predicting over a source of images.
+// Shared by the apps: building the model a best.safetensors describes, and predicting over
+// a source of images.
 #pragma once
 #include <cstdio>
 #include <string>
@@ -18,6 +18,26 @@ inline std::vector<std::string> split_list(const std::string& s, char sep = ',')
         if (b > a) out.push_back(s.substr(a, b - a));
     }
     return out;
+}
+
+// Builds the network a train_cpu model file describes (layout, depth, classes, head eps),
+// loads every tensor of it and calls f(net). Layout and depth are template parameters, so
+// each of the four combinations is its own type.
+template <class F>
+void with_model(const io::SafeTensors& file, F&& f) {
+    const auto classes = split_list(file.meta("classes"));
+    check(classes.size() >= 2, file.path() + ": no class names in the metadata (not a train_cpu model?)");
+    auto build = [&]<Layout L, Depth D>() {
+        auto net = std::make_unique<Classifier<ResNet50<L, 64, D>, dynamic>>(int(classes.size()));
+        net->head.bn.config.eps = std::stof(file.meta("head_bn_eps", "1e-3"));
+        load_weights(*net, file);  // every tensor must be there: this is a trained model
+        f(*net);
+    };
+    const bool v1 = layout_of(file) == Layout::v1, c5 = file.meta("depth") == "c5";
+    if (v1)
+        c5 ? build.template operator()<Layout::v1, Depth::c5>() : build.template operator()<Layout::v1, Depth::c4>();
+    else
+        c5 ? build.template operator()<Layout::v1_5, Depth::c5>() : build.template operator()<Layout::v1_5, Depth::c4>();
 }
 
 struct Predictions {

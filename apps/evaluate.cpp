@@ -10,21 +10,6 @@
 namespace fs = std::filesystem;
 using namespace tlcpu;
 
-namespace {
-
-template <Layout L, Depth D>
-ClassificationReport evaluate(const io::SafeTensors& model_file, const data::DecodedSet& set,
-                              const std::vector<int64_t>& indices, const Preprocessing& pre, int batch) {
-    auto net = std::make_unique<Classifier<ResNet50<L, 64, D>, dynamic>>(int(set.classes.size()));
-    net->head.bn.config.eps = std::stof(model_file.meta("head_bn_eps", "1e-3"));
-    load_weights(*net, model_file);  // every tensor must be there: this is a trained model
-    data::FolderSource src(set, indices, pre);
-    auto p = app::predict(*net, src, batch);
-    return classification_report(p.truth, p.predicted, set.classes);
-}
-
-}  // namespace
-
 int main(int argc, char** argv) {
     std::string model, dir, json, exclude, split, subset = "val";
     int batch = 32;
@@ -50,6 +35,7 @@ int main(int argc, char** argv) {
         }
         data::DecodeOptions dopt;
         dopt.size = std::stoi(f.meta("input_size", "224"));
+        dopt.resize = f.meta("resize", "antialias") == "nearest" ? data::Resize::nearest : data::Resize::antialias;
         if (!exclude.empty()) dopt.exclude = data::read_exclude_list(exclude);
         const auto set = data::decode_folder(folder, dopt);
         std::vector<int64_t> idx;
@@ -65,9 +51,12 @@ int main(int argc, char** argv) {
         }
         check(!idx.empty(), dir + ": no images to evaluate");
         const Preprocessing pre = preprocessing_of(f);
-        const bool v1 = layout_of(f) == Layout::v1, c5 = f.meta("depth") == "c5";
-        const auto rep = v1 ? (c5 ? evaluate<Layout::v1, Depth::c5>(f, set, idx, pre, batch) : evaluate<Layout::v1, Depth::c4>(f, set, idx, pre, batch))
-                            : (c5 ? evaluate<Layout::v1_5, Depth::c5>(f, set, idx, pre, batch) : evaluate<Layout::v1_5, Depth::c4>(f, set, idx, pre, batch));
+        ClassificationReport rep;
+        app::with_model(f, [&](auto& net) {
+            data::FolderSource src(set, idx, pre);
+            auto p = app::predict(net, src, batch);
+            rep = classification_report(p.truth, p.predicted, set.classes);
+        });
         std::printf("%s (%lld images)\n\n%s\n%s", dir.c_str(), (long long)rep.n, rep.confusion_text().c_str(), rep.text(3).c_str());
         if (!json.empty()) {
             std::ofstream o(json);

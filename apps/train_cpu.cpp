@@ -7,6 +7,7 @@
 // to repeat, evaluate or resume the run is written to --out.
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include <omp.h>
@@ -23,7 +24,7 @@ namespace {
 struct Config {
     std::string data, weights, out, exclude, backbone = "auto", layout = "auto", preprocess = "auto";
     std::string split = "stratified", resize = "antialias", init_missing, unfreeze;
-    int size = 224, batch = 32, epochs1 = 20, epochs2 = 20, max_per_class = 0, patience = 4, plateau_patience = 2;
+    int size = 224, batch = 32, cache_mb = 8192, epochs1 = 20, epochs2 = 20, max_per_class = 0, patience = 4, plateau_patience = 2;
     double val_split = 0.2, lr1 = 2e-4, lr2 = 1e-5, dropout = 0.3, plateau_factor = 0.2, min_lr = 1e-7;
     double rotation = 15, shift = 0.1, zoom = 0.1;
     bool augment = true, flip = true, resume = false;
@@ -60,22 +61,6 @@ std::vector<EpochLogs> phase(M& model, Optimizer& opt, BatchSource& train, Batch
     auto h = trainer.fit(train, &val, o, from);
     std::printf("phase %d: %zu epochs, best val_loss %.4f\n", number, h.size(), early.best());
     return h;
-}
-
-// Features of the frozen backbone, computed once: phase 1 then trains the head alone.
-template <class Net>
-TensorSource cached_features(Net& net, data::FolderSource& src, int batch) {
-    Tensor feats({src.size(), int64_t(Net::features)}), x;
-    std::vector<int> labels, y;
-    for (int64_t b0 = 0; b0 < src.size(); b0 += batch) {
-        std::vector<int64_t> idx(size_t(std::min<int64_t>(batch, src.size() - b0)));
-        for (size_t i = 0; i < idx.size(); ++i) idx[i] = b0 + int64_t(i);
-        src.load(idx, 0, x, y);
-        const Tensor& f = net.head.pool.forward(net.backbone.forward(view(x), Mode::inference), Mode::inference);
-        std::copy(f.begin(), f.end(), feats.data() + b0 * Net::features);
-        labels.insert(labels.end(), y.begin(), y.end());
-    }
-    return TensorSource(std::move(feats), std::move(labels));
 }
 
 template <Layout L, Depth D>
@@ -117,6 +102,7 @@ void run(const Config& c, const io::SafeTensors& weights, const Preprocessing& p
         {"depth", D == Depth::c4 ? "c4" : "c5"},
         {"classes", classes},
         {"input_size", std::to_string(c.size)},
+        {"resize", c.resize},
         {"preprocessing", pre.mode == Preprocess::caffe ? "caffe B=" + fmt(pre.caffe_mean_bgr[0]) + " G=" +
                                                               fmt(pre.caffe_mean_bgr[1]) + " R=" + fmt(pre.caffe_mean_bgr[2])
                                                         : "torch"},
@@ -140,18 +126,48 @@ void run(const Config& c, const io::SafeTensors& weights, const Preprocessing& p
     ModelCheckpoint best({(out / "best.safetensors").string(), "val_loss", "auto", true});
     CSVLogger csv((out / "history.csv").string(), {"loss", "accuracy", "val_loss", "val_accuracy", "lr"}, c.resume);
 
+    // Without augmentation, the part of the backbone that stays frozen through both phases
+    // (everything below phase 2's unfrozen block) maps each image to the same activation in
+    // every epoch: compute it once, then both phases train from the cache.
+    const auto groups2 = c.unfreeze.empty() ? std::vector<std::string>{D == Depth::c4 ? "layer3.5." : "layer4."}
+                                            : app::split_list(c.unfreeze);
+    Cut cut{0, 0};
+    if (!c.augment && c.cache_mb > 0) {
+        std::vector<bool> was;
+        net->visit("", [&](const std::string&, Param& p) { was.push_back(p.trainable); });
+        if (c.epochs2 > 0) unfreeze(*net, groups2);
+        cut = frozen_prefix(net->backbone);
+        size_t i = 0;
+        net->visit("", [&](const std::string&, Param& p) { p.trainable = was[i++]; });
+        const double mb = double(prefix_bytes(*net, cut, train.size() + val.size(), c.size)) / 1e6;
+        if (mb > c.cache_mb) {
+            std::printf("feature cache: %.0f MB would exceed --cache-mb %d; every step runs the whole network\n", mb, c.cache_mb);
+            cut = {0, 0};
+        } else if (cut != Cut{0, 0}) {
+            std::printf("feature cache: the frozen prefix's output (%.0f MB) for %lld + %lld images\n", mb,
+                        (long long)train.size(), (long long)val.size());
+        }
+    }
+    const bool cached = cut != Cut{0, 0};
     const auto t0 = std::chrono::steady_clock::now();
+    std::optional<TensorSource> acts_train, acts_val;
+    if (cached) {
+        acts_train = cache_prefix(*net, cut, train, c.batch);
+        acts_val = cache_prefix(*net, cut, val, c.batch);
+        std::printf("feature cache: %.1f s\n", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
     std::vector<double> phase_seconds;
-    // Phase 1: backbone frozen. Without augmentation and with nothing in the backbone to
-    // train, its output is the same every epoch: compute it once and train the head alone.
+    FromCut<Net> from_cut(*net, cut);
+    // Phase 1: backbone frozen (but for freshly initialised parts). With nothing in the
+    // backbone to train, the head alone trains on the pooled features.
     if (resume_phase <= 1) {
         Adam adam(c.lr1);
-        if (!c.augment && fresh.empty()) {
-            std::printf("phase 1: caching frozen-backbone features of %lld + %lld images\n", (long long)train.size(),
-                        (long long)val.size());
-            TensorSource tf = cached_features(*net, train, c.batch), vf = cached_features(*net, val, c.batch);
+        if (cached && frozen_prefix(net->backbone) == Cut{int(decltype(Net::backbone)::size), 0}) {
+            TensorSource tf = pooled_features(*net, cut, *acts_train, c.batch), vf = pooled_features(*net, cut, *acts_val, c.batch);
             HeadOnly head(net->head);
             phase(head, adam, tf, vf, 1, c.epochs1, c, best, csv, save_best, meta, ckpt, resume_phase == 1);
+        } else if (cached) {
+            phase(from_cut, adam, *acts_train, *acts_val, 1, c.epochs1, c, best, csv, save_best, meta, ckpt, resume_phase == 1);
         } else {
             phase(*net, adam, train, val, 1, c.epochs1, c, best, csv, save_best, meta, ckpt, resume_phase == 1);
         }
@@ -161,13 +177,15 @@ void run(const Config& c, const io::SafeTensors& weights, const Preprocessing& p
     // phase-1 weights (EarlyStopping restored them) at the lower rate.
     const auto t1 = std::chrono::steady_clock::now();
     if (c.epochs2 > 0) {
-        const auto groups = c.unfreeze.empty() ? std::vector<std::string>{D == Depth::c4 ? "layer3.5." : "layer4."}
-                                               : app::split_list(c.unfreeze);
-        std::printf("phase 2: unfreezing %d tensors (%s)\n", unfreeze(*net, groups), c.unfreeze.empty() ? groups[0].c_str() : c.unfreeze.c_str());
+        std::printf("phase 2: unfreezing %d tensors (%s)\n", unfreeze(*net, groups2), c.unfreeze.empty() ? groups2[0].c_str() : c.unfreeze.c_str());
         Adam adam(c.lr2);
-        phase(*net, adam, train, val, 2, c.epochs2, c, best, csv, save_best, meta, ckpt, resume_phase == 2);
+        if (cached)
+            phase(from_cut, adam, *acts_train, *acts_val, 2, c.epochs2, c, best, csv, save_best, meta, ckpt, resume_phase == 2);
+        else
+            phase(*net, adam, train, val, 2, c.epochs2, c, best, csv, save_best, meta, ckpt, resume_phase == 2);
     }
     phase_seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count());
+    acts_train.reset(), acts_val.reset();
 
     // Evaluate the best model on the validation split.
     {
@@ -254,6 +272,7 @@ int main(int argc, char** argv) {
     app.add_flag("--flip,!--no-flip", c.flip, "Random horizontal flips")->capture_default_str();
     app.add_option("--exclude", c.exclude, "Duplicates list (groups TSV) whose redundant copies are left out");
     app.add_option("--max-per-class", c.max_per_class, "Use at most this many images per class (0: all)")->capture_default_str();
+    app.add_option("--cache-mb", c.cache_mb, "Without augmentation, cache the frozen prefix's output up to this many MB (0: never)")->capture_default_str();
     app.add_flag("--resume", c.resume, "Continue from RUN_DIR/checkpoint.safetensors");
     CLI11_PARSE(app, argc, argv);
 

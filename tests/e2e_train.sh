@@ -6,9 +6,10 @@ set -euo pipefail
 build=$1 shared=$2
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-args=(--data "$shared/data/brain-tumor-mri/Training"
-      --weights "$shared/weights/resnet50-imagenet-caffe-partial.safetensors"
-      --out "$out/run" --max-per-class 12 --size 96 --batch 8 --epochs1 1 --epochs2 1)
+common=(--data "$shared/data/brain-tumor-mri/Training"
+        --weights "$shared/weights/resnet50-imagenet-caffe-partial.safetensors"
+        --max-per-class 12 --size 96 --batch 8 --epochs1 1 --epochs2 1)
+args=("${common[@]}" --out "$out/run")
 "$build/apps/train_cpu" "${args[@]}" > "$out/train.log"
 for f in config.toml split.tsv history.csv best.safetensors checkpoint.safetensors metrics.json report.html; do
   [ -s "$out/run/$f" ] || { echo "missing or empty: $f"; cat "$out/train.log"; exit 1; }
@@ -28,6 +29,37 @@ assert split[0] == ["file", "class", "subset"] and len(split) == 1 + 48, len(spl
 html = open(f"{out}/run/report.html").read()
 assert "<svg" in html and "data:image/png;base64" in html and "not test accuracy" in html
 PY
+# predict on four validation images and one text file named .jpg: every real image gets a
+# class, probabilities summing to 1 and a Grad-CAM PNG; the bad file is named, exit code 1.
+mapfile -t val < <(awk -F'\t' '$3 == "val" {print $1}' "$out/run/split.tsv" | head -4)
+echo "not an image" > "$out/fake.jpg"
+set +e
+"$build/apps/predict" --model "$out/run/best.safetensors" --json --gradcam "$out/cams" \
+  "${val[@]/#/$shared/data/brain-tumor-mri/Training/}" "$out/fake.jpg" > "$out/predict.json" 2> "$out/predict.err"
+rc=$?
+set -e
+[ $rc = 1 ] || { echo "predict exit code $rc, expected 1"; cat "$out/predict.err"; exit 1; }
+grep -q "fake.jpg: not a decodable image" "$out/predict.err" || { cat "$out/predict.err"; exit 1; }
+/usr/bin/python3 - "$out" <<'PY'
+import json, sys
+out = sys.argv[1]
+r = json.load(open(f"{out}/predict.json"))
+assert len(r) == 4, r
+for x in r:
+    p = x["probabilities"]
+    assert set(p) == {"glioma", "meningioma", "notumor", "pituitary"} and abs(sum(p.values()) - 1) < 1e-4, x
+    assert x["class"] == max(p, key=p.get), x
+    png = open(x["gradcam"], "rb").read()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000, x["gradcam"]
+PY
+# Without augmentation both phases train from the cached output of the frozen prefix.
+"$build/apps/train_cpu" "${common[@]}" --out "$out/cached" --no-augment > "$out/cached.log"
+grep -q "feature cache: the frozen prefix's output" "$out/cached.log" || { cat "$out/cached.log"; exit 1; }
+"$build/apps/evaluate" --model "$out/cached/best.safetensors" --data "$shared/data/brain-tumor-mri/Training" \
+  --split "$out/cached/split.tsv" --json "$out/cached_eval.json" > /dev/null
+cmp <(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1])))' "$out/cached/metrics.json") \
+    <(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1])))' "$out/cached_eval.json")
+
 "$build/apps/train_cpu" "${args[@]}" --epochs2 2 --resume > "$out/resume.log"
 grep -q "resuming phase 2 after epoch 1" "$out/resume.log" || { cat "$out/resume.log"; exit 1; }
 /usr/bin/python3 - "$out" <<'PY'

@@ -112,16 +112,31 @@ public:
         first.each(f);
         for (auto& b : rest) b.each(f);
     }
-    const dnnl::memory& forward(const dnnl::memory& x, Mode m) {
-        bool reached = m == Mode::inference || trainable(first);  // as in Sequential::forward
-        const dnnl::memory* cur = &first.forward(x, reached ? m : Mode::inference);
-        for (auto& b : rest) {
-            reached = reached || trainable(b);
-            cur = &b.forward(*cur, reached ? m : Mode::inference);
-        }
+    static constexpr int blocks = Blocks;
+    const dnnl::memory& forward(const dnnl::memory& x, Mode m) { return forward_blocks(x, 0, Blocks, m); }
+    // Blocks [from, to) only, so a run can stop or resume between two blocks (the cached
+    // activation of a frozen prefix, see models/cut.hpp).
+    const dnnl::memory& forward_blocks(const dnnl::memory& x, int from, int to, Mode m) {
+        check(0 <= from && from < to && to <= Blocks, "Stage::forward_blocks: bad block range");
+        bool reached = m == Mode::inference;  // as in Sequential::forward
+        const dnnl::memory* cur = &x;
+        for (int i = from; i < to; ++i)
+            with_block(i, [&](auto& b) {
+                reached = reached || trainable(b);
+                cur = &b.forward(*cur, reached ? m : Mode::inference);
+            });
+        last_ = to - 1;
         return *cur;
     }
-    const dnnl::memory& output() const { return rest.empty() ? first.output() : rest.back().output(); }
+    const dnnl::memory& output() const { return last_ == 0 ? first.output() : rest[size_t(last_ - 1)].output(); }
+    // f(block i): the strided first block and the others have different types.
+    template <class F>
+    void with_block(int i, F&& f) {
+        if (i == 0)
+            f(first);
+        else
+            f(rest[size_t(i - 1)]);
+    }
 
     // The same walk as backward_chain, over a run-time array of blocks.
     const dnnl::memory* backward(const dnnl::memory& dy, bool need_dx) {
@@ -137,6 +152,9 @@ public:
         }
         return need_dx ? g : nullptr;
     }
+
+private:
+    int last_ = Blocks - 1;
 };
 
 template <int C, Layout L>

@@ -1,0 +1,113 @@
+// Feature caching: where the frozen prefix ends, and that training from its cached output
+// gives the same logits and gradients as running the whole network on the images.
+#include <doctest/doctest.h>
+
+#include "fixtures.hpp"
+
+using namespace tlcpu;
+
+namespace {
+
+using Tiny = Classifier<ResNet50<Layout::v1, 4>, 3>;
+
+// A "pretrained" tiny net: random weights and running statistics, BN in inference mode.
+std::unique_ptr<Tiny> pretrained(uint64_t seed) {
+    auto net = std::make_unique<Tiny>();
+    net->visit("", [&](const std::string& n, Param& p) {
+        if (p.value.rank() > 1)
+            init_he_normal(p.value, seed, hash_name(n));
+        else if (n.ends_with("running_var") || n.ends_with("bn.weight") || n.ends_with(".weight"))
+            for (int64_t i = 0; i < p.value.size(); ++i) p.value[i] = 0.5f + uniform01(seed, hash_name(n), uint64_t(i));
+        else
+            for (int64_t i = 0; i < p.value.size(); ++i) p.value[i] = 0.2f * normal01(seed, hash_name(n), uint64_t(i));
+        p.touch();
+    });
+    net->head.drop.p = 0;
+    freeze_all(net->backbone);
+    return net;
+}
+
+TensorSource images(int n, uint64_t seed) {
+    Tensor x({n, 3, 40, 40});
+    std::vector<int> y(static_cast<size_t>(n));
+    for (int64_t i = 0; i < x.size(); ++i) x[i] = normal01(seed, 7, uint64_t(i));
+    for (int i = 0; i < n; ++i) y[size_t(i)] = i % 3;
+    return TensorSource(std::move(x), std::move(y));
+}
+
+// One training step's logits and every trainable parameter's gradient.
+struct Step {
+    Tensor logits;
+    std::map<std::string, Tensor> grads;
+};
+template <class M>
+Step step(M& model, Tiny& net, const Tensor& x, const std::vector<int>& y) {
+    Step s;
+    s.logits = model.forward(x, Mode::training);
+    model.backward(softmax_cross_entropy(s.logits, y).grad);
+    net.visit("", [&](const std::string& n, Param& p) {
+        if (p.trainable) s.grads[n] = p.grad;
+    });
+    return s;
+}
+
+}  // namespace
+
+TEST_CASE("frozen_prefix ends before the first block that trains or uses batch statistics") {
+    auto net = pretrained(1);
+    CHECK(frozen_prefix(net->backbone) == Cut{5, 0});  // all frozen: the whole backbone
+    unfreeze(*net, {"layer3.5."});
+    CHECK(frozen_prefix(net->backbone) == Cut{3, 5});
+    unfreeze(*net, {"layer3.2.conv2."});
+    CHECK(frozen_prefix(net->backbone) == Cut{3, 2});
+    freeze_all(net->backbone);
+    set_bn_mode(net->backbone.get<4>(), BNMode::batch);  // frozen weights, batch statistics
+    CHECK(frozen_prefix(net->backbone) == Cut{4, 0});
+    unfreeze(*net, {"stem"});
+    CHECK(frozen_prefix(net->backbone) == Cut{0, 0});
+}
+
+TEST_CASE("training from a cached prefix equals training the whole network on the images") {
+    auto src = images(6, 3);
+    Tensor x;
+    std::vector<int> y;
+    src.load({0, 1, 2, 3, 4, 5}, 0, x, y);
+    // Mid-stage cut with inference-mode BN, and a stage-boundary cut whose stage trains
+    // with batch statistics (the --backbone c5 recipe with a fresh layer4).
+    for (int variant = 0; variant < 2; ++variant) {
+        CAPTURE(variant);
+        auto whole = pretrained(2), cached = pretrained(2);
+        for (Tiny* n : {whole.get(), cached.get()}) {
+            if (variant == 0) {
+                unfreeze(*n, {"layer3.4.", "layer3.5.", "layer4."});
+            } else {
+                unfreeze(*n, {"layer4."});
+                set_bn_mode(n->backbone.get<4>(), BNMode::batch);
+            }
+        }
+        const Cut cut = frozen_prefix(cached->backbone);
+        CHECK(cut == (variant == 0 ? Cut{3, 4} : Cut{4, 0}));
+        auto acts = cache_prefix(*cached, cut, src, 4);  // two batches, the last one short
+        CHECK(prefix_bytes(*cached, cut, 6, 40) == 6 * 64 * 3 * 3 * 4);  // layer3's output at 40 px: 64 x 3 x 3
+        Tensor a;
+        std::vector<int> ay;
+        acts.load({0, 1, 2, 3, 4, 5}, 0, a, ay);
+        CHECK(ay == y);
+        FromCut from(*cached, cut);
+        const Step s1 = step(*whole, *whole, x, y), s2 = step(from, *cached, a, y);
+        CHECK(max_rel_diff(s1.logits, s2.logits) < 1e-5);
+        REQUIRE(s1.grads.size() == s2.grads.size());
+        CHECK(s1.grads.size() > 10);
+        for (const auto& [n, g] : s1.grads) {
+            CAPTURE(n);
+            CHECK(max_rel_diff(g, s2.grads.at(n)) < 1e-4);
+        }
+        // Inference: pooled features from the cache are the head's input of a full forward.
+        auto pooled = pooled_features(*cached, cut, acts, 4);
+        whole->forward(x, Mode::inference);
+        Tensor f;
+        std::vector<int> fy;
+        pooled.load({0, 1, 2, 3, 4, 5}, 0, f, fy);
+        CHECK(max_rel_diff(f, whole->head.features()) < 1e-5);
+    }
+}
