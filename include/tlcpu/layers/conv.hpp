@@ -1,5 +1,7 @@
 // tlcpu: 2-D convolution as a oneDNN primitive.
 #pragma once
+#include <array>
+#include <cmath>
 #include <string>
 
 #include "tlcpu/layers/layer.hpp"
@@ -49,6 +51,49 @@ public:
         return p.dst;
     }
     const dnnl::memory& output() const { return last_->dst; }
+
+    // Inference with the BatchNorm that follows folded into the weights and a bias,
+    //   y = relu?( conv(x, W * s) + (beta - mean * s) [+ residual] ),  s = gamma / sqrt(var + eps)
+    // with the residual add and the ReLU as post-ops of the one primitive: what a frozen
+    // block computes, without the BN and ReLU passes over memory. The folded copy is redone
+    // only when the conv's or the BN's parameters change.
+    // residual_owned: the residual is a scratch buffer nobody reads afterwards (a projection
+    // shortcut's output), so the sum accumulates into it in place; otherwise it is copied
+    // into this conv's own output buffer first.
+    template <class BN>
+    const dnnl::memory& forward_folded(const dnnl::memory& x, const BN& bn, bool relu, const dnnl::memory* residual,
+                                       bool residual_owned = false) {
+        static_assert(BN::in_channels == Out, "tlcpu: the folded BatchNorm must have the conv's output channels");
+        Folded& p = folded_.get(x.get_desc(), Mode::inference, [&] { return make_folded(x.get_desc(), relu, residual); });
+        const std::array<uint64_t, 6> v{weight.version, bias.version, bn.weight.version, bn.bias.version,
+                                        bn.running_mean.version, bn.running_var.version};
+        if (p.versions != v) {
+            Tensor w(weight.value.shape()), b({Out});
+            const int64_t per = int64_t(In) * K * K;
+            for (int o = 0; o < Out; ++o) {
+                const float sc = bn.weight.value[o] / std::sqrt(bn.running_var.value[o] + bn.config.eps);
+                for (int64_t i = 0; i < per; ++i) w[o * per + i] = weight.value[o * per + i] * sc;
+                b[o] = bn.bias.value[o] + ((Bias ? bias.value[o] : 0.f) - bn.running_mean.value[o]) * sc;
+            }
+            reorder(view(w), p.weights);
+            reorder(view(b), p.bias);
+            p.versions = v;
+        }
+        const dnnl::memory* dst = &p.dst;
+        if (residual) {
+            if (residual_owned && residual->get_desc() == p.pd.dst_desc())
+                dst = residual;
+            else
+                reorder(*residual, p.dst);
+        }
+        Backend::get().run(p.prim, {{DNNL_ARG_SRC, as_desc(x, p.pd.src_desc(), p.src_scratch)},
+                                    {DNNL_ARG_WEIGHTS, p.weights},
+                                    {DNNL_ARG_BIAS, p.bias},
+                                    {DNNL_ARG_DST, *dst}});
+        last_folded_ = dst;
+        return *dst;
+    }
+    const dnnl::memory& output_folded() const { return *last_folded_; }
 
     // Backward of the last forward (which must have run in Mode::training): the weight
     // (and bias) gradient when trainable, and the input gradient when need_dx.
@@ -145,8 +190,43 @@ private:
         return p;
     }
 
+    struct Folded {
+        dnnl::convolution_forward::primitive_desc pd;
+        dnnl::convolution_forward prim;
+        dnnl::memory weights, bias, dst, src_scratch;
+        std::array<uint64_t, 6> versions{};
+    };
+    static Folded make_folded(const dnnl::memory::desc& xd, bool relu, const dnnl::memory* residual) {
+        const dims d = xd.dims();
+        check(d.size() == 4 && d[1] == In, "Conv2d<" + std::to_string(In) + "," + std::to_string(Out) + ",...> got input " + to_string(d));
+        dims src{d[0], In, d[2], d[3]}, wei{Out, In, K, K}, dst{d[0], Out, conv_out(d[2], K, S, P), conv_out(d[3], K, S, P)};
+        auto& eng = Backend::get().engine();
+        // The residual add is a sum post-op (dst += conv): oneDNN 2.6 runs a full-tensor
+        // binary_add post-op only in its reference convolution, ~100x slower.
+        auto make_pd = [&](const dnnl::memory::desc& dst_md, bool sum) {
+            dnnl::post_ops ops;
+            if (sum) ops.append_sum(1.f);
+            if (relu) ops.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+            dnnl::primitive_attr attr = Backend::attr();
+            attr.set_post_ops(ops);
+            return dnnl::convolution_forward::primitive_desc(
+                {dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, any(src), any(wei),
+                 dnnl::memory::desc({Out}, dt::f32, tag::a), dst_md, {S, S}, {P, P}, {P, P}},
+                attr, eng);
+        };
+        Folded p;
+        p.pd = make_pd(any(dst), residual != nullptr);
+        p.prim = dnnl::convolution_forward(p.pd);
+        p.weights = dnnl::memory(p.pd.weights_desc(), eng);
+        p.bias = dnnl::memory(p.pd.bias_desc(), eng);
+        p.dst = dnnl::memory(p.pd.dst_desc(), eng);
+        return p;
+    }
+
     PlanCache<Plan> plans_;
     Plan* last_ = nullptr;
+    PlanCache<Folded> folded_;
+    const dnnl::memory* last_folded_ = nullptr;
 };
 
 }  // namespace tlcpu

@@ -72,15 +72,25 @@ public:
         f(relu3);
     }
 
+    // Inference (a frozen block, or evaluation) runs four convolutions with their BatchNorms
+    // folded in and the ReLUs and the residual add as post-ops; training runs every layer,
+    // keeping what backward needs.
     const dnnl::memory& forward(const dnnl::memory& x, Mode m) {
+        if (m == Mode::inference) {
+            const auto& h = conv1.forward_folded(x, bn1, true, nullptr);
+            const auto& g = conv2.forward_folded(h, bn2, true, nullptr);
+            const dnnl::memory* shortcut = &x;
+            if constexpr (has_projection) shortcut = &down_conv.forward_folded(x, down_bn, false, nullptr);
+            return *(out_ = &conv3.forward_folded(g, bn3, true, shortcut, has_projection));
+        }
         const auto& h = relu1.forward(bn1.forward(conv1.forward(x, m), m), m);
         const auto& g = relu2.forward(bn2.forward(conv2.forward(h, m), m), m);
         const auto& main = bn3.forward(conv3.forward(g, m), m);
         const dnnl::memory* shortcut = &x;
         if constexpr (has_projection) shortcut = &down_bn.forward(down_conv.forward(x, m), m);
-        return relu3.forward(add.forward(main, *shortcut), m);
+        return *(out_ = &relu3.forward(add.forward(main, *shortcut), m));
     }
-    const dnnl::memory& output() const { return relu3.output(); }
+    const dnnl::memory& output() const { return *out_; }
 
     const dnnl::memory* backward(const dnnl::memory& dy, bool need_dx) {
         const dnnl::memory* g = relu3.backward(dy, need_dx || trainable(*this));
@@ -90,6 +100,9 @@ public:
         if constexpr (has_projection) shortcut = backward_chain(*g, need_dx, down_conv, down_bn);
         return need_dx ? &grad_add.forward(*main, *shortcut) : nullptr;
     }
+
+private:
+    const dnnl::memory* out_ = nullptr;
 };
 
 // Stage<In, Width, Blocks, Stride, L>: one strided block, then Blocks-1 identical ones.

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# tlcpu against PyTorch (Debian's python3-torch, same oneDNN), side by side in one run:
+# builds Release, then for each round runs every case once in each framework, alternating,
+# with the same thread count, and prints the medians over rounds as a table with ratios,
+# GFLOP/s and the fraction of this machine's oneDNN matmul ceiling of that precision.
+#
+#   bash bench/compare.sh [--rounds 3] [--threads N] [--cases "infer_b1 infer_b32 ..."]
+#
+# Raw JSON lines go to bench/results/compare-<date>.jsonl, the table to stdout and to
+# bench/results/compare-<date>.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=3 threads=$(nproc)
+cases="infer_b1 infer_b32 phase1_b32 phase2_b32 full_b32"
+while [ $# -gt 0 ]; do
+  case $1 in
+    --rounds) rounds=$2; shift 2;;
+    --threads) threads=$2; shift 2;;
+    --cases) cases=$2; shift 2;;
+    *) echo "unknown argument $1" >&2; exit 2;;
+  esac
+done
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release > /dev/null
+cmake --build build -j"$(nproc)" --target bench_resnet50 > /dev/null
+mkdir -p bench/results
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+raw=bench/results/compare-$stamp.jsonl
+: > "$raw"
+export OMP_NUM_THREADS=$threads
+for r in $(seq "$rounds"); do
+  ./build/bench/bench_resnet50 --case matmul_f32 >> "$raw"
+  ./build/bench/bench_resnet50 --case matmul_bf16 >> "$raw"
+  for c in $cases; do
+    # alternate which framework goes first, so drift on a shared machine hits both
+    if [ $((r % 2)) = 1 ]; then order="tlcpu pytorch"; else order="pytorch tlcpu"; fi
+    for f in $order; do
+      if [ $f = tlcpu ]; then
+        ./build/bench/bench_resnet50 --case "$c" >> "$raw"
+      else
+        MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736 \
+          /usr/bin/python3 bench/pytorch_reference.py --case "$c" --threads "$threads" >> "$raw"
+      fi
+    done
+  done
+  echo "round $r of $rounds done" >&2
+done
+/usr/bin/python3 - "$raw" "$threads" <<'PY' | tee "bench/results/compare-$stamp.md"
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+med = lambda xs: statistics.median(xs) if xs else float("nan")
+ceil = {p: med([r["gflops"] for r in rows if r["case"] == f"matmul_{p}"]) for p in ("f32", "bf16")}
+print(f"ResNet-50, 224 px, {sys.argv[2]} threads; medians of {len([r for r in rows if r['case']=='matmul_f32'])} rounds.")
+print(f"oneDNN matmul ceiling (4096^3): fp32 {ceil['f32']:.0f} GFLOP/s, bf16 {ceil['bf16']:.0f} GFLOP/s\n")
+print("| case | tlcpu img/s | PyTorch img/s | ratio | tlcpu GFLOP/s | of ceiling | tlcpu RSS MB | PyTorch RSS MB |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+cases = []
+for r in rows:
+    if not r["case"].startswith("matmul") and r["case"] not in cases:
+        cases.append(r["case"])
+for c in cases:
+    t = [r for r in rows if r["case"] == c and r["framework"] == "tlcpu"]
+    p = [r for r in rows if r["case"] == c and r["framework"] == "pytorch"]
+    ti, pi = med([r["img_s"] for r in t]), med([r["img_s"] for r in p])
+    g = ti * t[0]["gflop_per_img"] if t else float("nan")
+    c_ = ceil["bf16" if c.endswith("bf16") else "f32"]
+    print(f"| {c} | {ti:.1f} | {pi:.1f} | {ti / pi:.2f}x | {g:.0f} | {g / c_:.0%} | "
+          f"{med([r['peak_rss_mb'] for r in t]):.0f} | {med([r['peak_rss_mb'] for r in p]):.0f} |")
+PY
