@@ -27,6 +27,8 @@ template <class F>
 void with_model(const io::SafeTensors& file, F&& f) {
     const auto classes = split_list(file.meta("classes"));
     check(classes.size() >= 2, file.path() + ": no class names in the metadata (not a train_cpu model?)");
+    // Evaluated as trained: a model whose frozen layers ran in bf16 runs them in bf16 again.
+    Backend::get().frozen_precision = file.meta("frozen_precision", "f32") == "bf16" ? dt::bf16 : dt::f32;
     auto build = [&]<Layout L, Depth D>() {
         auto net = std::make_unique<Classifier<ResNet50<L, 64, D>, dynamic>>(int(classes.size()));
         net->head.bn.config.eps = std::stof(file.meta("head_bn_eps", "1e-3"));

@@ -23,7 +23,7 @@ namespace {
 
 struct Config {
     std::string data, weights, out, exclude, backbone = "auto", layout = "auto", preprocess = "auto";
-    std::string split = "stratified", resize = "antialias", init_missing, unfreeze;
+    std::string split = "stratified", resize = "antialias", init_missing, unfreeze, frozen_precision = "f32";
     int size = 224, batch = 32, cache_mb = 8192, epochs1 = 20, epochs2 = 20, max_per_class = 0, patience = 4, plateau_patience = 2;
     double val_split = 0.2, lr1 = 2e-4, lr2 = 1e-5, dropout = 0.3, plateau_factor = 0.2, min_lr = 1e-7;
     double rotation = 15, shift = 0.1, zoom = 0.1;
@@ -103,6 +103,7 @@ void run(const Config& c, const io::SafeTensors& weights, const Preprocessing& p
         {"classes", classes},
         {"input_size", std::to_string(c.size)},
         {"resize", c.resize},
+        {"frozen_precision", c.frozen_precision},
         {"preprocessing", pre.mode == Preprocess::caffe ? "caffe B=" + fmt(pre.caffe_mean_bgr[0]) + " G=" +
                                                               fmt(pre.caffe_mean_bgr[1]) + " R=" + fmt(pre.caffe_mean_bgr[2])
                                                         : "torch"},
@@ -272,6 +273,8 @@ int main(int argc, char** argv) {
     app.add_flag("--flip,!--no-flip", c.flip, "Random horizontal flips")->capture_default_str();
     app.add_option("--exclude", c.exclude, "Duplicates list (groups TSV) whose redundant copies are left out");
     app.add_option("--max-per-class", c.max_per_class, "Use at most this many images per class (0: all)")->capture_default_str();
+    app.add_option("--frozen-precision", c.frozen_precision, "Precision of the frozen layers' folded convolutions: f32, or bf16 (AMX/AVX512_BF16; trainable layers stay f32)")
+        ->check(CLI::IsMember({"f32", "bf16"}))->capture_default_str();
     app.add_option("--cache-mb", c.cache_mb, "Without augmentation, cache the frozen prefix's output up to this many MB (0: never)")->capture_default_str();
     app.add_flag("--resume", c.resume, "Continue from RUN_DIR/checkpoint.safetensors");
     CLI11_PARSE(app, argc, argv);
@@ -283,6 +286,7 @@ int main(int argc, char** argv) {
             cfg << app.config_to_str(true, false);
             check(bool(cfg), c.out + "/config.toml: cannot write");
         }
+        Backend::get().frozen_precision = c.frozen_precision == "bf16" ? dt::bf16 : dt::f32;
         const auto weights = io::SafeTensors::open(c.weights);
         const Layout layout = c.layout == "auto" ? layout_of(weights) : c.layout == "v1" ? Layout::v1 : Layout::v1_5;
         Preprocessing pre = preprocessing_of(weights);
@@ -304,11 +308,11 @@ int main(int argc, char** argv) {
         const auto t0 = std::chrono::steady_clock::now();
         const auto set = data::decode_folder(folder, dopt);
         std::printf("tlcpu train_cpu: %zu images in %zu classes decoded in %.1f s (%zu unreadable, %d excluded), %.0f MB cached; "
-                    "ResNet-50 %s, layout %s, %s preprocessing, %d threads\n",
+                    "ResNet-50 %s, layout %s, %s preprocessing, frozen layers in %s, %d threads\n",
                     set.files.size(), set.classes.size(),
                     std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), set.skipped.size(),
                     set.excluded, double(set.bytes()) / 1e6, c5 ? "c5" : "c4", layout == Layout::v1 ? "v1" : "v1.5",
-                    pre.mode == Preprocess::caffe ? "caffe" : "torch", omp_get_max_threads());
+                    pre.mode == Preprocess::caffe ? "caffe" : "torch", c.frozen_precision.c_str(), omp_get_max_threads());
         const int k = int(set.classes.size());
         const auto split = c.split == "keras" ? data::split_keras(set.files, k, c.val_split)
                                               : data::split_stratified(set.files, k, c.val_split, c.seed);

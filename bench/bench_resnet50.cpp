@@ -98,7 +98,7 @@ int main(int argc, char** argv) {
     std::string which;
     int reps = 5, warmup = 2;
     CLI::App app{"ResNet-50 throughput and memory per case"};
-    app.add_option("--case", which, "infer_b1, infer_b32, phase1_b32, phase2_b32, full_b32, matmul_f32, matmul_bf16")->required();
+    app.add_option("--case", which, "infer_b1, infer_b32, phase1_b32, phase2_b32, full_b32 (each also with _bf16: frozen part in bf16), matmul_f32, matmul_bf16")->required();
     app.add_option("--reps", reps, "Timed repetitions")->capture_default_str();
     app.add_option("--warmup", warmup, "Untimed repetitions first")->capture_default_str();
     CLI11_PARSE(app, argc, argv);
@@ -112,6 +112,12 @@ int main(int argc, char** argv) {
             return 0;
         }
         const ConvFlops cf = conv_flops();
+        // *_bf16: the frozen part runs its folded convolutions in bf16 (trainable layers stay f32)
+        const bool bf16 = which.ends_with("_bf16");
+        if (bf16) {
+            Backend::get().frozen_precision = dt::bf16;
+            which.resize(which.size() - 5);
+        }
         const int batch = which == "infer_b1" ? 1 : 32;
         auto net = std::make_unique<Net>();
         randomize(*net, 1);

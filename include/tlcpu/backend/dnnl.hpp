@@ -55,6 +55,12 @@ public:
         ++executed_;
     }
     uint64_t executed() const { return executed_; }
+
+    // Precision of the folded convolutions of frozen blocks (inference mode): f32, or bf16
+    // with f32 accumulation and f32 master weights (AVX512_BF16 / AMX units). Trainable
+    // layers are unaffected; activations leave the frozen part converted back to f32 by the
+    // reorder at its edge.
+    dt frozen_precision = dt::f32;
     void wait() { stream_.wait(); }
 
 private:
@@ -99,6 +105,13 @@ inline Tensor to_tensor(const dnnl::memory& m) {
     reorder(m, view(t));
     Backend::get().wait();
     return t;
+}
+
+// The same layout with another element type (a bf16 activation's f32 twin).
+inline dnnl::memory::desc with_type(const dnnl::memory::desc& d, dt t) {
+    dnnl_memory_desc_t c = d.data;
+    c.data_type = static_cast<dnnl_data_type_t>(t);
+    return dnnl::memory::desc(c);
 }
 
 // Returns m itself when it already has the layout a primitive wants, else reorders it into

@@ -64,7 +64,9 @@ public:
     const dnnl::memory& forward_folded(const dnnl::memory& x, const BN& bn, bool relu, const dnnl::memory* residual,
                                        bool residual_owned = false) {
         static_assert(BN::in_channels == Out, "tlcpu: the folded BatchNorm must have the conv's output channels");
-        Folded& p = folded_.get(x.get_desc(), Mode::inference, [&] { return make_folded(x.get_desc(), relu, residual); });
+        Folded* pp = &folded_.get(x.get_desc(), Mode::inference, [&] { return make_folded(x.get_desc(), relu, residual); });
+        if (pp->precision != Backend::get().frozen_precision) *pp = make_folded(x.get_desc(), relu, residual);
+        Folded& p = *pp;
         const std::array<uint64_t, 6> v{weight.version, bias.version, bn.weight.version, bn.bias.version,
                                         bn.running_mean.version, bn.running_var.version};
         if (p.versions != v) {
@@ -195,12 +197,15 @@ private:
         dnnl::convolution_forward prim;
         dnnl::memory weights, bias, dst, src_scratch;
         std::array<uint64_t, 6> versions{};
+        dt precision = dt::f32;
     };
     static Folded make_folded(const dnnl::memory::desc& xd, bool relu, const dnnl::memory* residual) {
         const dims d = xd.dims();
         check(d.size() == 4 && d[1] == In, "Conv2d<" + std::to_string(In) + "," + std::to_string(Out) + ",...> got input " + to_string(d));
         dims src{d[0], In, d[2], d[3]}, wei{Out, In, K, K}, dst{d[0], Out, conv_out(d[2], K, S, P), conv_out(d[3], K, S, P)};
         auto& eng = Backend::get().engine();
+        const dt prec = Backend::get().frozen_precision;
+        auto any_p = [&](const dims& d) { return dnnl::memory::desc(d, prec, tag::any); };
         // The residual add is a sum post-op (dst += conv): oneDNN 2.6 runs a full-tensor
         // binary_add post-op only in its reference convolution, ~100x slower.
         auto make_pd = [&](const dnnl::memory::desc& dst_md, bool sum) {
@@ -210,12 +215,13 @@ private:
             dnnl::primitive_attr attr = Backend::attr();
             attr.set_post_ops(ops);
             return dnnl::convolution_forward::primitive_desc(
-                {dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, any(src), any(wei),
+                {dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, any_p(src), any_p(wei),
                  dnnl::memory::desc({Out}, dt::f32, tag::a), dst_md, {S, S}, {P, P}, {P, P}},
                 attr, eng);
         };
         Folded p;
-        p.pd = make_pd(any(dst), residual != nullptr);
+        p.pd = make_pd(any_p(dst), residual != nullptr);
+        p.precision = prec;
         p.prim = dnnl::convolution_forward(p.pd);
         p.weights = dnnl::memory(p.pd.weights_desc(), eng);
         p.bias = dnnl::memory(p.pd.bias_desc(), eng);

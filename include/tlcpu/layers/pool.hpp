@@ -79,8 +79,8 @@ private:
                                             : dnnl::prop_kind::forward_training;
         auto& eng = Backend::get().engine();
         Plan p;
-        p.pd = {{prop, dnnl::algorithm::pooling_max, xd,
-                 dnnl::memory::desc({d[0], d[1], oh, ow}, dt::f32, tag::any), {S, S}, {K, K},
+        p.pd = {{prop, dnnl::algorithm::pooling_max, xd,  // a max is exact in any type: keep the input's
+                 dnnl::memory::desc({d[0], d[1], oh, ow}, xd.data_type(), tag::any), {S, S}, {K, K},
                  {P, P}, pr}, Backend::attr(), eng};
         p.prim = dnnl::pooling_forward(p.pd);
         p.dst = dnnl::memory(p.pd.dst_desc(), eng);
@@ -107,7 +107,8 @@ public:
             auto prop = mode == Mode::inference ? dnnl::prop_kind::forward_inference
                                                 : dnnl::prop_kind::forward_training;
             Plan q;
-            q.pd = {{prop, dnnl::algorithm::pooling_avg_exclude_padding, x.get_desc(),
+            // A bf16 activation (a frozen part run in bf16) is averaged in f32.
+            q.pd = {{prop, dnnl::algorithm::pooling_avg_exclude_padding, with_type(x.get_desc(), dt::f32),
                      dnnl::memory::desc({d[0], d[1], 1, 1}, dt::f32, tag::any), {1, 1}, {d[2], d[3]}, {0, 0}, {0, 0}},
                     Backend::attr(), eng};
             q.prim = dnnl::pooling_forward(q.pd);
@@ -116,7 +117,7 @@ public:
             return q;
         });
         auto& be = Backend::get();
-        be.run(p.prim, {{DNNL_ARG_SRC, x}, {DNNL_ARG_DST, p.dst}});
+        be.run(p.prim, {{DNNL_ARG_SRC, as_desc(x, p.pd.src_desc(), p.src_f32)}, {DNNL_ARG_DST, p.dst}});
         reorder(p.dst, edge(p.out));
         be.wait();
         last_ = &p;
@@ -149,7 +150,7 @@ private:
     struct Plan {
         dnnl::pooling_forward::primitive_desc pd;
         dnnl::pooling_forward prim;
-        dnnl::memory dst;
+        dnnl::memory dst, src_f32;
         Tensor out;
         dnnl::pooling_backward::primitive_desc bwd_pd;
         dnnl::pooling_backward bwd_prim;

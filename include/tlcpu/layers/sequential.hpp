@@ -96,7 +96,7 @@ public:
     }
     const dnnl::memory& output() const { return *out_; }
 
-private:
+protected:
     const dnnl::memory* out_ = nullptr;
 };
 

@@ -81,7 +81,10 @@ public:
             const auto& g = conv2.forward_folded(h, bn2, true, nullptr);
             const dnnl::memory* shortcut = &x;
             if constexpr (has_projection) shortcut = &down_conv.forward_folded(x, down_bn, false, nullptr);
-            return *(out_ = &conv3.forward_folded(g, bn3, true, shortcut, has_projection));
+            // The sum accumulates into the shortcut's buffer: the projection's output, or x,
+            // which in inference is the previous block's output and read by no one after
+            // this (an input in another layout, such as a user's plain tensor, is copied).
+            return *(out_ = &conv3.forward_folded(g, bn3, true, shortcut, true));
         }
         const auto& h = relu1.forward(bn1.forward(conv1.forward(x, m), m), m);
         const auto& g = relu2.forward(bn2.forward(conv2.forward(h, m), m), m);
@@ -170,9 +173,17 @@ private:
     int last_ = Blocks - 1;
 };
 
+// conv 7x7/2, BN, ReLU, max-pool 3x3/2. In inference the conv runs folded, like a block's.
 template <int C, Layout L>
-using Stem = Sequential<Named<"conv1", Conv2d<3, C, 7, 2, 3>>, Named<"bn1", BatchNorm2d<C>>, ReLU,
-                        MaxPool2d<3, 2, L == Layout::v1 ? 0 : 1, L == Layout::v1>>;
+class Stem : public Sequential<Named<"conv1", Conv2d<3, C, 7, 2, 3>>, Named<"bn1", BatchNorm2d<C>>, ReLU,
+                               MaxPool2d<3, 2, L == Layout::v1 ? 0 : 1, L == Layout::v1>> {
+public:
+    const dnnl::memory& forward(const dnnl::memory& x, Mode m) {
+        if (m != Mode::inference) return Stem::Sequential::forward(x, m);
+        const auto& h = this->template get<0>().forward_folded(x, this->template get<1>(), true, nullptr);
+        return *(this->out_ = &this->template get<3>().forward(h, m));
+    }
+};
 
 template <Layout L, int B>
 using ResNet50C4 = Sequential<Stem<B, L>, Named<"layer1", Stage<B, B, 3, 1, L>>,
