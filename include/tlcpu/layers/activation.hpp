@@ -11,6 +11,10 @@ class ReLU {
 public:
     static constexpr int in_channels = any_channels, out_channels = any_channels;
     uint64_t backward_runs = 0;  // backward calls that ran a primitive (tests check freezing with it)
+    // in_place: overwrite the input instead of keeping a buffer of its own. A block sets it
+    // when its input is a BatchNorm's or residual sum's private output, which their
+    // backward does not read; the backward here needs only the output (y > 0 <=> x > 0).
+    bool in_place = false;
     template <class F>
     void visit(const std::string&, F&&) {}
 
@@ -20,13 +24,13 @@ public:
                                                 : dnnl::prop_kind::forward_training;
             auto& eng = Backend::get().engine();
             Plan q;
-            q.pd = {{prop, dnnl::algorithm::eltwise_relu, x.get_desc(), 0.f}, Backend::attr(), eng};
+            q.pd = {{prop, dnnl::algorithm::eltwise_relu_use_dst_for_bwd, x.get_desc(), 0.f}, Backend::attr(), eng};
             q.prim = dnnl::eltwise_forward(q.pd);
-            q.dst = dnnl::memory(q.pd.dst_desc(), eng);
+            if (!in_place) q.own = dnnl::memory(q.pd.dst_desc(), eng);
             return q;
         });
+        p.dst = in_place ? x : p.own;
         Backend::get().run(p.prim, {{DNNL_ARG_SRC, x}, {DNNL_ARG_DST, p.dst}});
-        p.src = x;
         last_ = &p;
         return p.dst;
     }
@@ -39,13 +43,13 @@ public:
         Plan& p = *last_;
         auto& eng = Backend::get().engine();
         if (!p.bwd_prim) {
-            p.bwd_pd = {{dnnl::algorithm::eltwise_relu, p.src.get_desc(), p.src.get_desc(), 0.f},
+            p.bwd_pd = {{dnnl::algorithm::eltwise_relu_use_dst_for_bwd, p.dst.get_desc(), p.dst.get_desc(), 0.f},
                         Backend::attr(), eng, p.pd};
             p.bwd_prim = dnnl::eltwise_backward(p.bwd_pd);
             p.diff_src = dnnl::memory(p.bwd_pd.diff_src_desc(), eng);
         }
         const dnnl::memory& g = as_desc(dy, p.bwd_pd.diff_dst_desc(), p.dy);
-        Backend::get().run(p.bwd_prim, {{DNNL_ARG_SRC, p.src}, {DNNL_ARG_DIFF_DST, g}, {DNNL_ARG_DIFF_SRC, p.diff_src}});
+        Backend::get().run(p.bwd_prim, {{DNNL_ARG_DST, p.dst}, {DNNL_ARG_DIFF_DST, g}, {DNNL_ARG_DIFF_SRC, p.diff_src}});
         return &p.diff_src;
     }
 
@@ -53,7 +57,7 @@ private:
     struct Plan {
         dnnl::eltwise_forward::primitive_desc pd;
         dnnl::eltwise_forward prim;
-        dnnl::memory dst, src;
+        dnnl::memory dst, own;  // dst: the last output (own buffer, or the input when in place)
         dnnl::eltwise_backward::primitive_desc bwd_pd;
         dnnl::eltwise_backward bwd_prim;
         dnnl::memory diff_src, dy;

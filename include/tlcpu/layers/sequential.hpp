@@ -103,6 +103,7 @@ protected:
 // y = a + b, elementwise, in a's layout (a oneDNN binary primitive).
 class Add {
 public:
+    bool in_place = false;  // write the sum over a (a block's private BatchNorm output)
     const dnnl::memory& forward(const dnnl::memory& a, const dnnl::memory& b) {
         Plan& p = plans_.get(a.get_desc(), Mode::inference, [&] {
             check(a.get_desc().dims() == b.get_desc().dims(),
@@ -112,10 +113,11 @@ public:
             Plan q;
             q.pd = {{dnnl::algorithm::binary_add, a.get_desc(), a.get_desc(), a.get_desc()}, Backend::attr(), eng};
             q.prim = dnnl::binary(q.pd);
-            q.dst = dnnl::memory(q.pd.dst_desc(), eng);
+            if (!in_place) q.own = dnnl::memory(q.pd.dst_desc(), eng);
             return q;
         });
         const dnnl::memory& bb = as_desc(b, a.get_desc(), p.scratch);
+        p.dst = in_place ? a : p.own;
         Backend::get().run(p.prim, {{DNNL_ARG_SRC_0, a}, {DNNL_ARG_SRC_1, bb}, {DNNL_ARG_DST, p.dst}});
         out_ = &p.dst;
         return p.dst;
@@ -126,7 +128,7 @@ private:
     struct Plan {
         dnnl::binary::primitive_desc pd;
         dnnl::binary prim;
-        dnnl::memory dst, scratch;
+        dnnl::memory dst, own, scratch;
     };
     PlanCache<Plan> plans_;
     const dnnl::memory* out_ = nullptr;

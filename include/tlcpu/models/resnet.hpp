@@ -72,6 +72,10 @@ public:
         f(relu3);
     }
 
+    // In training the ReLUs and the residual sum overwrite the BatchNorm outputs they read:
+    // BatchNorm's backward needs its input, not its output, so those buffers are free.
+    Bottleneck() { relu1.in_place = relu2.in_place = relu3.in_place = add.in_place = true; }
+
     // Inference (a frozen block, or evaluation) runs four convolutions with their BatchNorms
     // folded in and the ReLUs and the residual add as post-ops; training runs every layer,
     // keeping what backward needs.
