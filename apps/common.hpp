@@ -33,6 +33,10 @@ void with_model(const io::SafeTensors& file, F&& f) {
         auto net = std::make_unique<Classifier<ResNet50<L, 64, D>, dynamic>>(int(classes.size()));
         net->head.bn.config.eps = std::stof(file.meta("head_bn_eps", "1e-3"));
         load_weights(*net, file);  // every tensor must be there: this is a trained model
+        if (file.meta("trained", "-") != "-") {  // frozen layers (bf16 when trained so) as in training
+            freeze_all(net->backbone);
+            unfreeze(*net, split_list(file.meta("trained")));
+        }
         f(*net);
     };
     const bool v1 = layout_of(file) == Layout::v1, c5 = file.meta("depth") == "c5";

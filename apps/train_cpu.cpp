@@ -96,7 +96,15 @@ void run(const Config& c, const io::SafeTensors& weights, const Preprocessing& p
 
     std::string classes;
     for (const auto& n : set.classes) classes += (classes.empty() ? "" : ",") + n;
+    const auto groups2 = c.unfreeze.empty() ? std::vector<std::string>{D == Depth::c4 ? "layer3.5." : "layer4."}
+                                            : app::split_list(c.unfreeze);
+    // What trained (so evaluate and predict run the frozen rest as it ran here).
+    std::string trained;
+    for (const auto& g : fresh) trained += g + ",";
+    if (c.epochs2 > 0)
+        for (const auto& g : groups2) trained += g + ",";
     const std::map<std::string, std::string> meta{
+        {"trained", trained},
         {"architecture", std::string("tlcpu ResNet-50 ") + (D == Depth::c4 ? "c4" : "c5") + " + head"},
         {"layout", L == Layout::v1 ? "v1" : "v1.5"},
         {"depth", D == Depth::c4 ? "c4" : "c5"},
@@ -130,8 +138,6 @@ void run(const Config& c, const io::SafeTensors& weights, const Preprocessing& p
     // Without augmentation, the part of the backbone that stays frozen through both phases
     // (everything below phase 2's unfrozen block) maps each image to the same activation in
     // every epoch: compute it once, then both phases train from the cache.
-    const auto groups2 = c.unfreeze.empty() ? std::vector<std::string>{D == Depth::c4 ? "layer3.5." : "layer4."}
-                                            : app::split_list(c.unfreeze);
     Cut cut{0, 0};
     if (!c.augment && c.cache_mb > 0) {
         std::vector<bool> was;
@@ -163,8 +169,11 @@ void run(const Config& c, const io::SafeTensors& weights, const Preprocessing& p
     // backbone to train, the head alone trains on the pooled features.
     if (resume_phase <= 1) {
         Adam adam(c.lr1);
-        if (cached && frozen_prefix(net->backbone) == Cut{int(decltype(Net::backbone)::size), 0}) {
-            TensorSource tf = pooled_features(*net, cut, *acts_train, c.batch), vf = pooled_features(*net, cut, *acts_val, c.batch);
+        if (!c.augment && frozen_prefix(net->backbone) == Cut{int(decltype(Net::backbone)::size), 0}) {
+            // from the cache, or (over --cache-mb) straight from the images, once
+            BatchSource& ts = cached ? static_cast<BatchSource&>(*acts_train) : train;
+            BatchSource& vs = cached ? static_cast<BatchSource&>(*acts_val) : val;
+            TensorSource tf = pooled_features(*net, cut, ts, c.batch), vf = pooled_features(*net, cut, vs, c.batch);
             HeadOnly head(net->head);
             phase(head, adam, tf, vf, 1, c.epochs1, c, best, csv, save_best, meta, ckpt, resume_phase == 1);
         } else if (cached) {

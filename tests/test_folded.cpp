@@ -64,6 +64,7 @@ TEST_CASE("folded inference equals the layer-by-layer forward and repeats bit fo
 TEST_CASE("bf16 frozen blocks stay close to f32 and leave trainable layers in f32") {
     PrecisionGuard guard;
     auto net = pretrained(7);
+    freeze_all(net->backbone);  // frozen layers are what runs in bf16
     const Tensor x = images(4, 8);
     const Tensor f32 = net->forward(x, Mode::inference);
     Backend::get().frozen_precision = dt::bf16;
@@ -71,8 +72,13 @@ TEST_CASE("bf16 frozen blocks stay close to f32 and leave trainable layers in f3
     CAPTURE(max_rel_diff(f32, bf));
     CHECK(max_rel_diff(f32, bf) < 5e-2);
     CHECK(max_rel_diff(f32, bf) > 1e-5);  // the bf16 kernels did run
+    // A trainable network evaluated in inference mode keeps the f32 it trains in.
+    unfreeze(*net, {"stem", "layer1.", "layer2.", "layer3.", "layer4."});
+    const Tensor all_trainable = net->forward(x, Mode::inference);
+    CHECK(std::memcmp(all_trainable.data(), f32.data(), f32.bytes()) == 0);
     // Phase-2 shape: layer4 trains in f32 on the bf16 prefix's output.
     freeze_all(net->backbone);
+    CHECK(max_rel_diff(net->forward(x, Mode::inference), bf) == 0);
     unfreeze(*net, {"layer4."});
     std::vector<int> y{0, 1, 2, 0};
     net->backward(softmax_cross_entropy(net->forward(x, Mode::training), y).grad);

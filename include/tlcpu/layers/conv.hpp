@@ -60,12 +60,14 @@ public:
     // residual_owned: the residual is a scratch buffer nobody reads afterwards (a projection
     // shortcut's output), so the sum accumulates into it in place; otherwise it is copied
     // into this conv's own output buffer first.
+    // precision: f32, or bf16 for a frozen layer (Backend::frozen_precision; a trainable
+    // layer evaluated in inference mode keeps the f32 it trains in).
     template <class BN>
     const dnnl::memory& forward_folded(const dnnl::memory& x, const BN& bn, bool relu, const dnnl::memory* residual,
-                                       bool residual_owned = false) {
+                                       bool residual_owned, dt precision) {
         static_assert(BN::in_channels == Out, "tlcpu: the folded BatchNorm must have the conv's output channels");
-        Folded* pp = &folded_.get(x.get_desc(), Mode::inference, [&] { return make_folded(x.get_desc(), relu, residual); });
-        if (pp->precision != Backend::get().frozen_precision) *pp = make_folded(x.get_desc(), relu, residual);
+        Folded* pp = &folded_.get(x.get_desc(), Mode::inference, [&] { return make_folded(x.get_desc(), relu, residual, precision); });
+        if (pp->precision != precision) *pp = make_folded(x.get_desc(), relu, residual, precision);
         Folded& p = *pp;
         const std::array<uint64_t, 6> v{weight.version, bias.version, bn.weight.version, bn.bias.version,
                                         bn.running_mean.version, bn.running_var.version};
@@ -92,10 +94,8 @@ public:
                                     {DNNL_ARG_WEIGHTS, p.weights},
                                     {DNNL_ARG_BIAS, p.bias},
                                     {DNNL_ARG_DST, *dst}});
-        last_folded_ = dst;
         return *dst;
     }
-    const dnnl::memory& output_folded() const { return *last_folded_; }
 
     // Backward of the last forward (which must have run in Mode::training): the weight
     // (and bias) gradient when trainable, and the input gradient when need_dx.
@@ -199,12 +199,11 @@ private:
         std::array<uint64_t, 6> versions{};
         dt precision = dt::f32;
     };
-    static Folded make_folded(const dnnl::memory::desc& xd, bool relu, const dnnl::memory* residual) {
+    static Folded make_folded(const dnnl::memory::desc& xd, bool relu, const dnnl::memory* residual, dt prec) {
         const dims d = xd.dims();
         check(d.size() == 4 && d[1] == In, "Conv2d<" + std::to_string(In) + "," + std::to_string(Out) + ",...> got input " + to_string(d));
         dims src{d[0], In, d[2], d[3]}, wei{Out, In, K, K}, dst{d[0], Out, conv_out(d[2], K, S, P), conv_out(d[3], K, S, P)};
         auto& eng = Backend::get().engine();
-        const dt prec = Backend::get().frozen_precision;
         auto any_p = [&](const dims& d) { return dnnl::memory::desc(d, prec, tag::any); };
         // The residual add is a sum post-op (dst += conv): oneDNN 2.6 runs a full-tensor
         // binary_add post-op only in its reference convolution, ~100x slower.
@@ -232,7 +231,6 @@ private:
     PlanCache<Plan> plans_;
     Plan* last_ = nullptr;
     PlanCache<Folded> folded_;
-    const dnnl::memory* last_folded_ = nullptr;
 };
 
 }  // namespace tlcpu

@@ -81,23 +81,28 @@ public:
     // keeping what backward needs.
     const dnnl::memory& forward(const dnnl::memory& x, Mode m) {
         if (m == Mode::inference) {
-            const auto& h = conv1.forward_folded(x, bn1, true, nullptr);
-            const auto& g = conv2.forward_folded(h, bn2, true, nullptr);
+            const dt prec = trainable(*this) ? dt::f32 : Backend::get().frozen_precision;
+            const auto& h = conv1.forward_folded(x, bn1, true, nullptr, false, prec);
+            const auto& g = conv2.forward_folded(h, bn2, true, nullptr, false, prec);
             const dnnl::memory* shortcut = &x;
-            if constexpr (has_projection) shortcut = &down_conv.forward_folded(x, down_bn, false, nullptr);
-            // The sum accumulates into the shortcut's buffer: the projection's output, or x,
-            // which in inference is the previous block's output and read by no one after
-            // this (an input in another layout, such as a user's plain tensor, is copied).
-            return *(out_ = &conv3.forward_folded(g, bn3, true, shortcut, true));
+            if constexpr (has_projection) shortcut = &down_conv.forward_folded(x, down_bn, false, nullptr, false, prec);
+            // The sum accumulates into the shortcut's buffer: the projection's output, or
+            // x when the stage says x is the previous block's output of this same call,
+            // read by no one after this. Anything else (a caller's tensor) is copied.
+            out_ = conv3.forward_folded(g, bn3, true, shortcut, has_projection || input_is_scratch, prec);
+            return out_;
         }
         const auto& h = relu1.forward(bn1.forward(conv1.forward(x, m), m), m);
         const auto& g = relu2.forward(bn2.forward(conv2.forward(h, m), m), m);
         const auto& main = bn3.forward(conv3.forward(g, m), m);
         const dnnl::memory* shortcut = &x;
         if constexpr (has_projection) shortcut = &down_bn.forward(down_conv.forward(x, m), m);
-        return *(out_ = &relu3.forward(add.forward(main, *shortcut), m));
+        out_ = relu3.forward(add.forward(main, *shortcut), m);
+        return out_;
     }
-    const dnnl::memory& output() const { return *out_; }
+    // A handle, not a pointer: it keeps the buffer alive even if its plan is evicted.
+    const dnnl::memory& output() const { return out_; }
+    bool input_is_scratch = false;  // set by Stage: x is an earlier block's output of this call
 
     const dnnl::memory* backward(const dnnl::memory& dy, bool need_dx) {
         const dnnl::memory* g = relu3.backward(dy, need_dx || trainable(*this));
@@ -109,7 +114,7 @@ public:
     }
 
 private:
-    const dnnl::memory* out_ = nullptr;
+    dnnl::memory out_;
 };
 
 // Stage<In, Width, Blocks, Stride, L>: one strided block, then Blocks-1 identical ones.
@@ -143,6 +148,7 @@ public:
         for (int i = from; i < to; ++i)
             with_block(i, [&](auto& b) {
                 reached = reached || trainable(b);
+                b.input_is_scratch = i > from;
                 cur = &b.forward(*cur, reached ? m : Mode::inference);
             });
         last_ = to - 1;
@@ -184,7 +190,8 @@ class Stem : public Sequential<Named<"conv1", Conv2d<3, C, 7, 2, 3>>, Named<"bn1
 public:
     const dnnl::memory& forward(const dnnl::memory& x, Mode m) {
         if (m != Mode::inference) return Stem::Sequential::forward(x, m);
-        const auto& h = this->template get<0>().forward_folded(x, this->template get<1>(), true, nullptr);
+        const dt prec = trainable(*this) ? dt::f32 : Backend::get().frozen_precision;
+        const auto& h = this->template get<0>().forward_folded(x, this->template get<1>(), true, nullptr, false, prec);
         return *(this->out_ = &this->template get<3>().forward(h, m));
     }
 };

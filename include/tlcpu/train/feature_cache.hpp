@@ -120,13 +120,15 @@ public:
 // caller checks the size first (prefix_bytes) against its memory budget.
 template <class Net>
 TensorSource cache_prefix(Net& net, Cut cut, BatchSource& src, int batch) {
+    check(cut != Cut{0, 0}, "cache_prefix: the cut leaves no frozen prefix to cache");
     Tensor acts, x;
     std::vector<int> labels, y;
     for (int64_t b0 = 0; b0 < src.size(); b0 += batch) {
         std::vector<int64_t> idx(static_cast<size_t>(std::min<int64_t>(batch, src.size() - b0)));
         for (size_t i = 0; i < idx.size(); ++i) idx[i] = b0 + int64_t(i);
         src.load(idx, 0, x, y);
-        const dnnl::memory& a = forward_prefix(net.backbone, view(x), cut);
+        const dnnl::memory xv = view(x);
+        const dnnl::memory& a = forward_prefix(net.backbone, xv, cut);
         dims d = a.get_desc().dims();
         if (acts.rank() == 0) acts = Tensor({src.size(), d[1], d[2], d[3]});
         const int64_t per = d[1] * d[2] * d[3];
@@ -146,10 +148,11 @@ int64_t prefix_bytes(Net& net, Cut cut, int64_t n, int size) {
     return n * d[1] * d[2] * d[3] * int64_t(sizeof(float));
 }
 
-// The head's input (global average pool of the whole backbone) from cached activations:
-// phase 1 then trains the head alone on [N, features].
+// The head's input (global average pool of the whole backbone) from cached activations,
+// or from the images themselves with cut {0, 0}: phase 1 then trains the head alone on
+// [N, features].
 template <class Net>
-TensorSource pooled_features(Net& net, Cut cut, TensorSource& acts, int batch) {
+TensorSource pooled_features(Net& net, Cut cut, BatchSource& acts, int batch) {
     Tensor feats({acts.size(), int64_t(Net::features)}), x;
     std::vector<int> labels, y;
     for (int64_t b0 = 0; b0 < acts.size(); b0 += batch) {
