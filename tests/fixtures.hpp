@@ -20,6 +20,22 @@ inline Tensor spatial_mean(const Tensor& t) {
     return m;
 }
 
+// Stand-in for pretrained weights: He-normal convs and dense layers, BN scales and
+// running variances in [0.5, 1.5), shifts and means small; the dropout off.
+template <class Net>
+void randomize_pretrained(Net& net, uint64_t seed) {
+    net.visit("", [&](const std::string& n, Param& p) {
+        if (p.value.rank() > 1)
+            init_he_normal(p.value, seed, hash_name(n));
+        else if (n.ends_with("running_var") || n.ends_with(".weight"))
+            for (int64_t i = 0; i < p.value.size(); ++i) p.value[i] = 0.5f + uniform01(seed, hash_name(n), uint64_t(i));
+        else
+            for (int64_t i = 0; i < p.value.size(); ++i) p.value[i] = 0.2f * normal01(seed, hash_name(n), uint64_t(i));
+        p.touch();
+    });
+    net.head.drop.p = 0;
+}
+
 // The message of the tlcpu::Error that fn throws, or "" when it throws none.
 inline std::string error_of(auto&& fn) {
     try {

@@ -10,19 +10,9 @@ namespace {
 
 using Tiny = Classifier<ResNet50<Layout::v1, 4>, 3>;
 
-// A "pretrained" tiny net: random weights and running statistics, BN in inference mode.
 std::unique_ptr<Tiny> pretrained(uint64_t seed) {
     auto net = std::make_unique<Tiny>();
-    net->visit("", [&](const std::string& n, Param& p) {
-        if (p.value.rank() > 1)
-            init_he_normal(p.value, seed, hash_name(n));
-        else if (n.ends_with("running_var") || n.ends_with("bn.weight") || n.ends_with(".weight"))
-            for (int64_t i = 0; i < p.value.size(); ++i) p.value[i] = 0.5f + uniform01(seed, hash_name(n), uint64_t(i));
-        else
-            for (int64_t i = 0; i < p.value.size(); ++i) p.value[i] = 0.2f * normal01(seed, hash_name(n), uint64_t(i));
-        p.touch();
-    });
-    net->head.drop.p = 0;
+    test::randomize_pretrained(*net, seed);
     freeze_all(net->backbone);
     return net;
 }

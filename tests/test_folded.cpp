@@ -15,16 +15,7 @@ using Tiny = Classifier<ResNet50<Layout::v1_5, 4>, 3>;
 
 std::unique_ptr<Tiny> pretrained(uint64_t seed) {
     auto net = std::make_unique<Tiny>();
-    net->visit("", [&](const std::string& n, Param& p) {
-        if (p.value.rank() > 1)
-            init_he_normal(p.value, seed, hash_name(n));
-        else if (n.ends_with("running_var") || n.ends_with(".weight"))
-            for (int64_t i = 0; i < p.value.size(); ++i) p.value[i] = 0.5f + uniform01(seed, hash_name(n), uint64_t(i));
-        else
-            for (int64_t i = 0; i < p.value.size(); ++i) p.value[i] = 0.2f * normal01(seed, hash_name(n), uint64_t(i));
-        p.touch();
-    });
-    net->head.drop.p = 0;
+    test::randomize_pretrained(*net, seed);
     net->head.bn.config.mode = BNMode::inference;  // so a training-mode forward computes the same function
     return net;
 }
