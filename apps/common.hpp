@@ -54,21 +54,16 @@ struct Predictions {
 template <class Net>
 Predictions predict(Net& net, BatchSource& src, int batch) {
     Predictions p;
-    Tensor x;
-    std::vector<int> y;
-    for (int64_t b0 = 0; b0 < src.size(); b0 += batch) {
-        std::vector<int64_t> idx(size_t(std::min<int64_t>(batch, src.size() - b0)));
-        for (size_t i = 0; i < idx.size(); ++i) idx[i] = b0 + int64_t(i);
-        src.load(idx, 0, x, y);
+    for_each_batch(src, batch, [&](int64_t, const Tensor& x, const std::vector<int>& y) {
         Tensor prob = softmax(net.forward(x, Mode::inference));
         const int64_t k = prob.dim(1);
-        for (size_t i = 0; i < idx.size(); ++i) {
+        for (size_t i = 0; i < y.size(); ++i) {
             const float* q = prob.data() + int64_t(i) * k;
             p.truth.push_back(y[i]);
             p.predicted.push_back(int(std::max_element(q, q + k) - q));
             p.probs.emplace_back(q, q + k);
         }
-    }
+    });
     return p;
 }
 

@@ -689,6 +689,28 @@ void network_case(BNMode backbone_mode, uint64_t seed) {
     CHECK(4 * informative >= 3 * checked);
 }
 
+// A head layer (Eigen, plain tensors): the analytic gradients of <forward(x), R> for a
+// random R, each named parameter's and x's, against finite differences. Returns dx and R.
+template <class L>
+std::pair<Tensor, Tensor> head_layer_case(const std::string& layer, L& l, Tensor& x,
+                                          const std::vector<std::pair<std::string, Param*>>& params, uint64_t r_seed,
+                                          uint64_t fd_seed) {
+    const Tensor y0 = l.forward(x, Mode::training);
+    const Tensor R = randn(y0.shape(), r_seed);
+    const Tensor* dxp = l.backward(R, true);
+    REQUIRE(dxp != nullptr);
+    const Tensor dx = *dxp;
+    std::vector<Tensor> grads;
+    for (const auto& [name, p] : params) grads.push_back(p->grad);
+    auto loss = [&] { return dot(l.forward(x, Mode::training), R); };
+    Opts o;
+    o.seed = fd_seed;
+    for (size_t i = 0; i < params.size(); ++i)
+        gradcheck(layer, layer + " " + params[i].first, params[i].second->value, grads[i], loss, o);
+    gradcheck(layer, layer + " dx", x, dx, loss, o);
+    return {dx, R};
+}
+
 }  // namespace
 
 TEST_SUITE("gradcheck") {
@@ -788,17 +810,7 @@ TEST_CASE("gradcheck: Dense") {
     fc.weight.value = randn({4, 7}, 701, 0.4f);
     fc.bias.value = randn({4}, 702, 0.3f);
     Tensor x = randn({5, 7}, 703);
-    const Tensor y0 = fc.forward(x, Mode::training);
-    const Tensor R = randn(y0.shape(), 704);
-    const Tensor* dxp = fc.backward(R, true);
-    REQUIRE(dxp != nullptr);
-    const Tensor dx = *dxp, dW = fc.weight.grad, db = fc.bias.grad;
-    auto loss = [&] { return dot(fc.forward(x, Mode::training), R); };
-    Opts o;
-    o.seed = 705;
-    gradcheck("Dense", "Dense<7,4> dW", fc.weight.value, dW, loss, o);
-    gradcheck("Dense", "Dense<7,4> db", fc.bias.value, db, loss, o);
-    gradcheck("Dense", "Dense<7,4> dx", x, dx, loss, o);
+    head_layer_case("Dense<7,4>", fc, x, {{"dW", &fc.weight}, {"db", &fc.bias}}, 704, 705);
     report("Dense");
 }
 
@@ -813,17 +825,7 @@ TEST_CASE("gradcheck: BatchNorm1d with batch statistics and with running statist
         bn.running_mean.value = randn({6}, 803, 0.3f);
         for (int c = 0; c < 6; ++c) bn.running_var.value[c] = 0.5f + uniform01(804, 0, uint64_t(c));
         Tensor x = randn({5, 6}, 805, 1.5f, 0.5f);
-        const Tensor y0 = bn.forward(x, Mode::training);
-        const Tensor R = randn(y0.shape(), 806);
-        const Tensor* dxp = bn.backward(R, true);
-        REQUIRE(dxp != nullptr);
-        const Tensor dx = *dxp, dg = bn.weight.grad, dbeta = bn.bias.grad;
-        auto loss = [&] { return dot(bn.forward(x, Mode::training), R); };
-        Opts o;
-        o.seed = 807;
-        gradcheck(layer, layer + " dgamma", bn.weight.value, dg, loss, o);
-        gradcheck(layer, layer + " dbeta", bn.bias.value, dbeta, loss, o);
-        gradcheck(layer, layer + " dx", x, dx, loss, o);
+        head_layer_case(layer, bn, x, {{"dgamma", &bn.weight}, {"dbeta", &bn.bias}}, 806, 807);
     }
     report("BatchNorm1d");
 }
@@ -844,16 +846,8 @@ TEST_CASE("gradcheck: Dropout with a fixed mask") {
     CHECK(dropped > 0);
     CHECK(kept > 0);
     Tensor x = randn({6, 10}, 902);
-    const Tensor y0 = drop.forward(x, Mode::training);
-    const Tensor R = randn(y0.shape(), 903);
-    const Tensor* dxp = drop.backward(R, true);
-    REQUIRE(dxp != nullptr);
-    const Tensor dx = *dxp;
+    const auto [dx, R] = head_layer_case("Dropout", drop, x, {}, 903, 904);
     for (int64_t i = 0; i < x.size(); ++i) REQUIRE(dx[i] == R[i] * mask[i]);
-    auto loss = [&] { return dot(drop.forward(x, Mode::training), R); };
-    Opts o;
-    o.seed = 904;
-    gradcheck("Dropout", "Dropout dx", x, dx, loss, o);
     report("Dropout");
 }
 

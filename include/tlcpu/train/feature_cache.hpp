@@ -121,12 +121,9 @@ public:
 template <class Net>
 TensorSource cache_prefix(Net& net, Cut cut, BatchSource& src, int batch) {
     check(cut != Cut{0, 0}, "cache_prefix: the cut leaves no frozen prefix to cache");
-    Tensor acts, x;
-    std::vector<int> labels, y;
-    for (int64_t b0 = 0; b0 < src.size(); b0 += batch) {
-        std::vector<int64_t> idx(static_cast<size_t>(std::min<int64_t>(batch, src.size() - b0)));
-        for (size_t i = 0; i < idx.size(); ++i) idx[i] = b0 + int64_t(i);
-        src.load(idx, 0, x, y);
+    Tensor acts;
+    std::vector<int> labels;
+    for_each_batch(src, batch, [&](int64_t b0, const Tensor& x, const std::vector<int>& y) {
         const dnnl::memory xv = view(x);
         const dnnl::memory& a = forward_prefix(net.backbone, xv, cut);
         dims d = a.get_desc().dims();
@@ -135,7 +132,7 @@ TensorSource cache_prefix(Net& net, Cut cut, BatchSource& src, int batch) {
         reorder(a, dnnl::memory(plain_desc(d), Backend::get().engine(), acts.data() + b0 * per));
         Backend::get().wait();
         labels.insert(labels.end(), y.begin(), y.end());
-    }
+    });
     return TensorSource(std::move(acts), std::move(labels));
 }
 
@@ -153,16 +150,13 @@ int64_t prefix_bytes(Net& net, Cut cut, int64_t n, int size) {
 // [N, features].
 template <class Net>
 TensorSource pooled_features(Net& net, Cut cut, BatchSource& acts, int batch) {
-    Tensor feats({acts.size(), int64_t(Net::features)}), x;
-    std::vector<int> labels, y;
-    for (int64_t b0 = 0; b0 < acts.size(); b0 += batch) {
-        std::vector<int64_t> idx(static_cast<size_t>(std::min<int64_t>(batch, acts.size() - b0)));
-        for (size_t i = 0; i < idx.size(); ++i) idx[i] = b0 + int64_t(i);
-        acts.load(idx, 0, x, y);
+    Tensor feats({acts.size(), int64_t(Net::features)});
+    std::vector<int> labels;
+    for_each_batch(acts, batch, [&](int64_t b0, const Tensor& x, const std::vector<int>& y) {
         const Tensor& f = net.head.pool.forward(forward_suffix(net.backbone, view(x), cut, Mode::inference), Mode::inference);
         std::copy(f.begin(), f.end(), feats.data() + b0 * Net::features);
         labels.insert(labels.end(), y.begin(), y.end());
-    }
+    });
     return TensorSource(std::move(feats), std::move(labels));
 }
 

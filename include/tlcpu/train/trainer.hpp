@@ -62,6 +62,21 @@ private:
     std::vector<int> labels_;
 };
 
+// Every sample of src once, in order, in batches of `batch` (the last one short):
+// f(index of the batch's first sample, x, y). Passes that predict, evaluate or cache.
+template <class F>
+void for_each_batch(BatchSource& src, int batch, F&& f) {
+    check(batch > 0, "for_each_batch: batch must be positive");
+    Tensor x;
+    std::vector<int> y;
+    for (int64_t b0 = 0; b0 < src.size(); b0 += batch) {
+        std::vector<int64_t> idx(static_cast<size_t>(std::min<int64_t>(batch, src.size() - b0)));
+        std::iota(idx.begin(), idx.end(), b0);
+        src.load(idx, 0, x, y);
+        f(b0, x, y);
+    }
+}
+
 struct FitOptions {
     int phase = 1;
     int epochs = 1;        // epochs of this phase, counting those already done before a resume
@@ -135,18 +150,13 @@ public:
 
     Metrics evaluate(BatchSource& data, int batch) {
         Metrics m;
-        Tensor x;
-        std::vector<int> y;
         double total = 0;
         int64_t correct = 0;
-        for (int64_t b0 = 0; b0 < data.size(); b0 += batch) {
-            std::vector<int64_t> idx(size_t(std::min<int64_t>(batch, data.size() - b0)));
-            std::iota(idx.begin(), idx.end(), b0);
-            data.load(idx, 0, x, y);
+        for_each_batch(data, batch, [&](int64_t, const Tensor& x, const std::vector<int>& y) {
             auto r = softmax_cross_entropy(model_.forward(x, Mode::inference), y);
-            total += r.loss * double(idx.size());
+            total += r.loss * double(y.size());
             correct += r.correct;
-        }
+        });
         m.n = data.size();
         m.loss = m.n ? total / double(m.n) : 0;
         m.accuracy = m.n ? double(correct) / double(m.n) : 0;
