@@ -121,6 +121,7 @@ public:
             b.weight_version = weight.version;
         }
         const dnnl::memory& g = as_desc(dy, b.dpd.diff_dst_desc(), b.dy_d);
+        b.diff_src = be.grads().take(b.dpd.diff_src_desc(), &dy);
         be.run(b.dprim, {{DNNL_ARG_DIFF_DST, g}, {DNNL_ARG_WEIGHTS, b.weights}, {DNNL_ARG_DIFF_SRC, b.diff_src}});
         return &b.diff_src;
     }
@@ -131,7 +132,7 @@ private:
         dnnl::convolution_backward_weights wprim;
         dnnl::convolution_backward_data::primitive_desc dpd;
         dnnl::convolution_backward_data dprim;
-        dnnl::memory diff_weights, weights, diff_src, dy_w, dy_d, src;  // weights: backward-data's layout
+        dnnl::memory diff_weights, weights, diff_src, dy_w, dy_d, src;  // weights: backward-data's layout; diff_src: a GradPool buffer
         uint64_t weight_version = 0;
     };
     struct Plan {
@@ -161,7 +162,6 @@ private:
         b.dpd = {{algo, any(src), any(wei), any(dst), {S, S}, {P, P}, {P, P}}, Backend::attr(), eng, p.pd};
         b.dprim = dnnl::convolution_backward_data(b.dpd);
         b.weights = dnnl::memory(b.dpd.weights_desc(), eng);
-        b.diff_src = dnnl::memory(b.dpd.diff_src_desc(), eng);
         return b;
     }
 
