@@ -64,11 +64,13 @@ public:
     dt frozen_precision = dt::f32;
     void wait() { stream_.wait(); }
 
-    // Gradients flowing down the backbone live in a few buffers shared by every layer
-    // instead of one per layer: a layer's input gradient is read only by the layer below
-    // it, so few are alive at once (inside a block: its output gradient, held for the
-    // shortcut, and the main path's two). That saves an activation-sized buffer per layer.
-    class GradPool {
+    // Buffers shared by every layer instead of one per layer and plan, for values that live
+    // briefly: gradients flowing down the backbone (a layer's input gradient is read only by
+    // the layer below it; inside a block at most three are alive: its output gradient, held
+    // for the shortcut, and the main path's two), and the activations of inference-mode
+    // blocks (a block's input, held for its shortcut, and two intermediates). That saves an
+    // activation-sized buffer per layer.
+    class BufferPool {
         struct Free {
             void operator()(char* p) const { std::free(p); }
         };
@@ -79,8 +81,8 @@ public:
         };
 
     public:
-        // A buffer for a gradient of layout d that is not `input` (what the calling layer
-        // reads) and not held by anyone.
+        // A buffer of layout d that is not `input` (what the calling layer reads) and not
+        // held by anyone.
         dnnl::memory take(const dnnl::memory::desc& d, const dnnl::memory* input) {
             const void* in = input ? input->get_data_handle() : nullptr;
             const size_t need = d.get_size();
@@ -93,7 +95,7 @@ public:
             if (!pick) pick = &slots_.emplace_back();
             if (pick->bytes < need) {  // a free slot's old contents are dead: grow it
                 pick->p.reset(static_cast<char*>(std::aligned_alloc(64, (need + 63) / 64 * 64)));
-                if (!pick->p) fail("out of memory allocating a " + std::to_string(need) + "-byte gradient buffer");
+                if (!pick->p) fail("out of memory allocating a " + std::to_string(need) + "-byte shared buffer");
                 pick->bytes = need;
             }
             return dnnl::memory(d, Backend::get().engine(), pick->p.get());
@@ -103,11 +105,11 @@ public:
             const Slot* s = find(m);
             return s && !s->held;
         }
-        // Keeps a gradient alive while other layers take buffers (a block's output gradient
-        // until the shortcut has read it). A gradient not from the pool is left alone.
+        // Keeps a value alive while other layers take buffers (a block's output gradient
+        // until the shortcut has read it). A value not from the pool is left alone.
         class Hold {
         public:
-            Hold(GradPool& pool, const dnnl::memory* m) : s_(m ? pool.find(*m) : nullptr) {
+            Hold(BufferPool& pool, const dnnl::memory* m) : s_(m ? pool.find(*m) : nullptr) {
                 if (s_) ++s_->held;
             }
             ~Hold() {
@@ -134,7 +136,8 @@ public:
         }
         std::deque<Slot> slots_;  // a deque: Holds point at slots, which must not move
     };
-    GradPool& grads() { return grads_; }
+    BufferPool& grads() { return grads_; }
+    BufferPool& acts() { return acts_; }
 
 private:
     Backend() : engine_(dnnl::engine::kind::cpu, 0), stream_(engine_) {}
@@ -144,7 +147,7 @@ private:
     struct Free { void operator()(char* p) const { std::free(p); } };
     std::unique_ptr<char, Free> scratch_;
     size_t scratch_size_ = 0;
-    GradPool grads_;
+    BufferPool grads_, acts_;
 };
 
 

@@ -82,9 +82,14 @@ public:
     // keeping what backward needs.
     const dnnl::memory& forward(const dnnl::memory& x, Mode m) {
         if (m == Mode::inference) {
+            // Outputs come from the shared activation pool: x is held until the shortcut
+            // has read it, g until conv3 has.
+            auto& pool = Backend::get().acts();
             const dt prec = trainable(*this) ? dt::f32 : Backend::get().frozen_precision;
+            Backend::BufferPool::Hold keep_x(pool, &x);
             const auto& h = conv1.forward_folded(x, bn1, true, nullptr, false, prec);
             const auto& g = conv2.forward_folded(h, bn2, true, nullptr, false, prec);
+            Backend::BufferPool::Hold keep_g(pool, &g);
             const dnnl::memory* shortcut = &x;
             if constexpr (has_projection) shortcut = &down_conv.forward_folded(x, down_bn, false, nullptr, false, prec);
             // The sum accumulates into the shortcut's buffer: the projection's output, or
@@ -113,12 +118,12 @@ public:
         auto& pool = Backend::get().grads();
         const dnnl::memory* main;
         {
-            Backend::GradPool::Hold keep(pool, g);
+            Backend::BufferPool::Hold keep(pool, g);
             main = backward_chain(*g, need_dx, conv1, bn1, relu1, conv2, bn2, relu2, conv3, bn3);
         }
         const dnnl::memory* shortcut = g;
         if constexpr (has_projection) {
-            Backend::GradPool::Hold keep(pool, main);
+            Backend::BufferPool::Hold keep(pool, main);
             shortcut = backward_chain(*g, need_dx, down_conv, down_bn);
         }
         return need_dx ? &grad_add.forward(*main, *shortcut) : nullptr;  // in place over main
