@@ -266,7 +266,10 @@ TEST_CASE("safetensors: save/load round trip") {
 
     const SafeTensors st = SafeTensors::open(path);
     CHECK(st.names() == std::vector<std::string>{"zeta.weight", "alpha", "scalar", "empty"});
-    CHECK(st.metadata() == meta);
+    auto got_meta = st.metadata();
+    CHECK(got_meta.count("tlcpu.checksum") == 1);
+    got_meta.erase("tlcpu.checksum");
+    CHECK(got_meta == meta);
     CHECK(st.meta("preprocessing") == "BGR, minus mean");
     CHECK(st.meta("absent", "fallback") == "fallback");
     for (auto [n, t] : {std::pair{"zeta.weight", &a}, {"alpha", &b}, {"scalar", &s}, {"empty", &e}}) {
@@ -279,10 +282,39 @@ TEST_CASE("safetensors: save/load round trip") {
         CHECK(std::memcmp(got.data(), t->data(), t->bytes()) == 0);  // bitwise: -0 and nan survive
     }
 
-    // No metadata: no __metadata__ key at all.
+    // No metadata of the caller's: the checksum alone.
     save_safetensors(path, {{"a", &a}});
-    CHECK(SafeTensors::open(path).metadata().empty());
-    CHECK_FALSE(has(read_file(path), "__metadata__"));
+    CHECK(SafeTensors::open(path).metadata().size() == 1);
+    CHECK_THROWS_WITH_AS(save_safetensors(path, {{"a", &a}}, {{"tlcpu.checksum", "0"}}), contains("is reserved"),
+                         tlcpu::Error);
+}
+
+TEST_CASE("safetensors: a damaged file is detected on load by the checksum in its metadata") {
+    TempDir d;
+    Tensor a(Shape{64}), b(Shape{3, 3});
+    for (int64_t i = 0; i < a.size(); ++i) a[i] = float(i);
+    for (int64_t i = 0; i < b.size(); ++i) b[i] = -float(i);
+    const std::string path = d / "ckpt.safetensors";
+    save_safetensors(path, {{"layer.weight", &a}, {"layer.bias", &b}}, {{"epoch", "3"}});
+    const std::string good = read_file(path);
+    CHECK(SafeTensors::open(path).get("layer.weight")[63] == 63.f);
+    uint64_t n;
+    std::memcpy(&n, good.data(), 8);
+    // One flipped bit anywhere in the data region, and a renamed tensor in a still-valid header.
+    for (const size_t at : {size_t(8 + n), size_t(8 + n + 100), good.size() - 1}) {
+        std::string bad = good;
+        bad[at] = char(bad[at] ^ 0x10);
+        CAPTURE(at);
+        expect_bad(d, "flipped.safetensors", bad, {"damaged: checksum"});
+    }
+    std::string renamed = good;
+    const size_t at = renamed.find("layer.bias");
+    REQUIRE(at != std::string::npos);
+    renamed[at] = 'L';
+    expect_bad(d, "renamed.safetensors", renamed, {"damaged: checksum", "written with the file"});
+    // A file from elsewhere (no checksum) loads as before.
+    write_file(d / "plain.safetensors", st_bytes("{" + kW + "}", kData8));
+    CHECK(SafeTensors::open(d / "plain.safetensors").get("w")[1] == 2.f);
 }
 
 TEST_CASE("safetensors: save replaces atomically and cleans up after failures") {

@@ -83,6 +83,43 @@ struct TensorInfo {
     uint64_t begin, end;  // byte offsets into the data region, end exclusive
 };
 
+namespace detail {
+// The checksum tlcpu writes into the metadata of every file it saves and checks on load,
+// so a damaged checkpoint is an error, not weights that are silently wrong. FNV-1a over
+// 64-bit words of each tensor's name, shape and offsets (sorted by name) and the data.
+inline constexpr const char* checksum_key = "tlcpu.checksum";
+struct Fnv {
+    uint64_t h = 0xcbf29ce484222325ull;
+    void word(uint64_t v) { h = (h ^ v) * 0x100000001b3ull; }
+    void bytes(const char* p, size_t n) {
+        size_t i = 0;
+        for (uint64_t v; i + 8 <= n; i += 8) std::memcpy(&v, p + i, 8), word(v);
+        uint64_t tail = 0;
+        std::memcpy(&tail, p + i, n - i);
+        word(tail ^ (uint64_t(n - i) << 56));
+    }
+};
+struct Entry {
+    const std::string* name;
+    const Shape* shape;
+    uint64_t begin, end;
+    const char* data;  // end - begin bytes
+};
+inline std::string checksum(std::vector<Entry> entries) {
+    std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) { return *a.name < *b.name; });
+    Fnv f;
+    for (const Entry& e : entries) {
+        f.bytes(e.name->data(), e.name->size());
+        for (int64_t d : *e.shape) f.word(uint64_t(d));
+        f.word(e.begin), f.word(e.end);
+        f.bytes(e.data, e.end - e.begin);
+    }
+    char hex[17];
+    std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(f.h));
+    return hex;
+}
+}  // namespace detail
+
 class SafeTensors {
 public:
     static SafeTensors open(const std::string& path);
@@ -194,6 +231,14 @@ inline SafeTensors SafeTensors::parse(std::vector<char> bytes, std::string path_
                                detail::offsets_str(a.begin, a.end) + ")");
     }
     for (size_t k = 0; k < st.infos_.size(); ++k) st.index_.emplace(st.infos_[k].name, k);
+    if (auto c = st.meta_.find(detail::checksum_key); c != st.meta_.end()) {
+        std::vector<detail::Entry> entries;
+        for (const auto& i : st.infos_)
+            entries.push_back({&i.name, &i.shape, i.begin, i.end, bytes.data() + st.data_start_ + i.begin});
+        if (const std::string got = detail::checksum(entries); got != c->second)
+            st.bad("damaged: checksum " + got + " differs from the " + c->second +
+                   " written with the file (a torn copy, a bad disk, or an edit)");
+    }
     st.bytes_ = std::make_shared<const std::vector<char>>(std::move(bytes));
     return st;
 }
@@ -241,6 +286,7 @@ inline TensorInfo SafeTensors::check_entry(const std::string& name, const json& 
     return ti;
 }
 
+
 namespace detail {
 // Unaligned-safe: the data region starts wherever the header ends, so memcpy each element.
 template <class T, class F>
@@ -285,8 +331,10 @@ inline void save_safetensors(const std::string& path,
                              const std::map<std::string, std::string>& metadata = {}) {
     using json = nlohmann::ordered_json;
     json h = json::object();
-    if (!metadata.empty()) h["__metadata__"] = metadata;
+    check(!metadata.count(detail::checksum_key), path + ": metadata key '" + detail::checksum_key + "' is reserved");
+    h["__metadata__"] = metadata;
     uint64_t off = 0;
+    std::vector<detail::Entry> entries;
     for (const auto& entry : tensors) {
         const std::string& name = entry.first;  // not a structured binding: lambdas must capture it
         const Tensor* t = entry.second;
@@ -296,8 +344,10 @@ inline void save_safetensors(const std::string& path,
         if (h.contains(name)) bad("duplicate tensor name");
         if (t->size() != numel(t->shape())) bad("has no storage (default-constructed?)");
         h[name] = {{"dtype", "F32"}, {"shape", t->shape()}, {"data_offsets", {off, off + t->bytes()}}};
+        entries.push_back({&entry.first, &t->shape(), off, off + t->bytes(), reinterpret_cast<const char*>(t->data())});
         off += t->bytes();
     }
+    h["__metadata__"][detail::checksum_key] = detail::checksum(entries);
     std::string header;
     try {
         header = h.dump();
