@@ -271,6 +271,38 @@ TEST_CASE("decode: unreadable files are skipped with one warning line each, or a
     CHECK(e.find("3 more") != std::string::npos);
 }
 
+TEST_CASE("decode: an image over the pixel limit is refused from its header, before decoding") {
+    TempDir d("pixel-limit");
+    // A 33-byte PNG that declares a 10000 x 10000 RGB canvas (300 MB decoded) and holds no pixels.
+    Bytes bomb = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n', 0, 0, 0, 13, 'I', 'H', 'D', 'R',
+                  0, 0, 0x27, 0x10, 0, 0, 0x27, 0x10, 8, 2, 0, 0, 0, 0, 0, 0, 0};
+    write_file(d.path / "bomb.png", bomb);
+    Image im;
+    CHECK(try_decode_image((d.path / "bomb.png").string(), im) ==
+          "10000x10000 pixels is over the limit of 89478485 (tlcpu::max_image_pixels); refused before decoding");
+    CHECK(im.rgb.empty());
+    // The same check on a real image, with the limit lowered below its 64 x 64 pixels.
+    write_file(d.path / "real.png", png_bytes(64, 64, 3, pattern(64, 64, 3, 9)));
+    const int64_t saved = max_image_pixels;
+    max_image_pixels = 4095;
+    const std::string why = try_decode_image((d.path / "real.png").string(), im);
+    max_image_pixels = saved;
+    CHECK(why == "64x64 pixels is over the limit of 4095 (tlcpu::max_image_pixels); refused before decoding");
+    CHECK(try_decode_image((d.path / "real.png").string(), im).empty());
+    CHECK((im.width == 64 && im.height == 64));
+}
+
+TEST_CASE("decode: a folder over the memory cap is refused before decoding, with the numbers") {
+    FormatsFolder ff;
+    ImageFolder f = ImageFolder::scan(ff.dir.path);
+    const uint64_t need = uint64_t(f.files.size()) * 512 * 512 * 3;
+    const std::string want = std::to_string(f.files.size()) + " images at 512x512 needs " + std::to_string(need >> 20) +
+                             " MB, over the cap of " + std::to_string((need - 1) >> 20) + " MB";
+    CHECK_THROWS_WITH_AS(decode_folder(f, {.size = 512, .warnings = nullptr, .max_bytes = need - 1}),
+                         doctest::Contains(want.c_str()), tlcpu::Error);
+    CHECK(decode_folder(f, {.size = 8, .warnings = nullptr, .max_bytes = need}).files.size() > 0);
+}
+
 TEST_CASE("decode: the result does not depend on the thread count") {
 #ifdef _OPENMP
     FormatsFolder ff;

@@ -100,6 +100,9 @@ struct DecodeOptions {
     bool strict = false;                // an unreadable file is an Error instead of a warning
     std::set<std::string> exclude{};    // files to skip unread, matched by class_file_key(): see read_exclude_list
     std::FILE* warnings = stderr;       // one line per skipped file; nullptr: silent
+    // Cap on the decoded images' memory: a folder that would not fit is refused before any
+    // decoding, with the numbers, instead of swapping or being killed hours later. 0: none.
+    uint64_t max_bytes = 0;
 };
 
 struct DecodedSet {
@@ -143,6 +146,11 @@ inline DecodedSet decode_folder(const ImageFolder& folder, const DecodeOptions& 
     }
     const size_t px = size_t(opt.size) * size_t(opt.size) * 3;
     const int64_t n = int64_t(todo.size());
+    if (opt.max_bytes && todo.size() * px > opt.max_bytes)
+        fail(folder.root.string() + ": decoding " + std::to_string(n) + " images at " + std::to_string(opt.size) + "x" +
+             std::to_string(opt.size) + " needs " + std::to_string(todo.size() * px >> 20) + " MB, over the cap of " +
+             std::to_string(opt.max_bytes >> 20) + " MB; use fewer images (an exclusion list, a per-class limit), a " +
+             "smaller size, or a larger cap");
     out.pixels.resize(todo.size() * px);
     std::vector<std::string> why(todo.size());
 

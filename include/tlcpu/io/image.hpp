@@ -23,6 +23,11 @@ struct Image {
     int channels = 3;          // in the file, before conversion: 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA
 };
 
+// Images with more pixels than this are refused from their header, before any pixel memory
+// is allocated: a small file can declare a huge canvas (a decompression bomb). The value is
+// Pillow's MAX_IMAGE_PIXELS; MRI slices are far below it.
+inline int64_t max_image_pixels = 89'478'485;
+
 // Decodes without throwing, so it can run inside an OpenMP loop: returns "" on success,
 // otherwise why the file is unusable (the caller names the file).
 inline std::string try_decode_image(const std::string& path, Image& out) {
@@ -32,6 +37,9 @@ inline std::string try_decode_image(const std::string& path, Image& out) {
     if (in.bad()) return "read error";
     if (bytes.empty()) return "the file is empty";
     int w = 0, h = 0, c = 0;
+    if (stbi_info_from_memory(bytes.data(), int(bytes.size()), &w, &h, &c) && int64_t(w) * h > max_image_pixels)
+        return std::to_string(w) + "x" + std::to_string(h) + " pixels is over the limit of " +
+               std::to_string(max_image_pixels) + " (tlcpu::max_image_pixels); refused before decoding";
     // Forcing 3 components makes stb convert gray and RGBA to RGB (alpha dropped, as PIL's
     // convert("RGB") does); c still reports what the file holds.
     unsigned char* px = stbi_load_from_memory(bytes.data(), int(bytes.size()), &w, &h, &c, 3);
