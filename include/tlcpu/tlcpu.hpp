@@ -26,3 +26,4 @@
 #include "tlcpu/metrics/classification.hpp"
 #include "tlcpu/report/html.hpp"
 #include "tlcpu/report/gradcam.hpp"
+#include "tlcpu/report/summary.hpp"
