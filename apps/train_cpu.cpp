@@ -5,6 +5,8 @@
 // weights at a lower learning rate. Both phases use Keras' callbacks (EarlyStopping with
 // best-weight restore, ReduceLROnPlateau, ModelCheckpoint on val_loss). Everything needed
 // to repeat, evaluate or resume the run is written to --out.
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
 #include <optional>
@@ -24,7 +26,7 @@ namespace {
 struct Config {
     std::string data, weights, out, exclude, backbone = "auto", layout = "auto", preprocess = "auto";
     std::string split = "stratified", resize = "antialias", init_missing, unfreeze, frozen_precision = "f32";
-    int size = 224, batch = 32, cache_mb = 8192, epochs1 = 20, epochs2 = 20, max_per_class = 0, patience = 4, plateau_patience = 2;
+    int size = 224, batch = 32, cache_mb = 8192, decode_mb = 0, epochs1 = 20, epochs2 = 20, max_per_class = 0, patience = 4, plateau_patience = 2;
     double val_split = 0.2, lr1 = 2e-4, lr2 = 1e-5, dropout = 0.3, plateau_factor = 0.2, min_lr = 1e-7;
     double rotation = 15, shift = 0.1, zoom = 0.1;
     bool augment = true, flip = true, resume = false;
@@ -167,7 +169,9 @@ void run(const Config& c, const io::SafeTensors& weights, const Preprocessing& p
     FromCut<Net> from_cut(*net, cut);
     // Phase 1: backbone frozen (but for freshly initialised parts). With nothing in the
     // backbone to train, the head alone trains on the pooled features.
+    const Shape batch_shape{c.batch, 3, c.size, c.size};
     if (resume_phase <= 1) {
+        std::printf("phase 1 model:\n%s", summary(*net, batch_shape).c_str());
         Adam adam(c.lr1);
         if (!c.augment && frozen_prefix(net->backbone) == Cut{int(decltype(Net::backbone)::size), 0}) {
             // from the cache, or (over --cache-mb) straight from the images, once
@@ -188,6 +192,7 @@ void run(const Config& c, const io::SafeTensors& weights, const Preprocessing& p
     const auto t1 = std::chrono::steady_clock::now();
     if (c.epochs2 > 0) {
         std::printf("phase 2: unfreezing %d tensors (%s)\n", unfreeze(*net, groups2), c.unfreeze.empty() ? groups2[0].c_str() : c.unfreeze.c_str());
+        std::printf("phase 2 model:\n%s", summary(*net, batch_shape).c_str());
         Adam adam(c.lr2);
         if (cached)
             phase(from_cut, adam, *acts_train, *acts_val, 2, c.epochs2, c, best, csv, save_best, meta, ckpt, resume_phase == 2);
@@ -287,6 +292,8 @@ int main(int argc, char** argv) {
     app.add_option("--max-per-class", c.max_per_class, "Use at most this many images per class (0: all)")->capture_default_str();
     app.add_option("--frozen-precision", c.frozen_precision, "Precision of the frozen layers' folded convolutions: f32, or bf16 (AMX/AVX512_BF16; trainable layers stay f32)")
         ->check(CLI::IsMember({"f32", "bf16"}))->capture_default_str();
+    app.add_option("--decode-mb", c.decode_mb, "Cap in MB on the decoded images kept in memory (0: half the physical memory); a folder over it is refused before decoding")
+        ->capture_default_str();
     app.add_option("--cache-mb", c.cache_mb, "Without augmentation, cache the frozen prefix's output up to this many MB (0: never)")->capture_default_str();
     app.add_flag("--resume", c.resume, "Continue from RUN_DIR/checkpoint.safetensors");
     CLI11_PARSE(app, argc, argv);
@@ -317,6 +324,9 @@ int main(int argc, char** argv) {
         dopt.size = c.size;
         dopt.resize = c.resize == "nearest" ? data::Resize::nearest : data::Resize::antialias;
         if (!c.exclude.empty()) dopt.exclude = data::read_exclude_list(c.exclude);
+        // Decoded images stay in memory for the whole run: refuse up front what cannot fit.
+        dopt.max_bytes = c.decode_mb > 0 ? uint64_t(c.decode_mb) << 20
+                                         : uint64_t(sysconf(_SC_PHYS_PAGES)) * uint64_t(sysconf(_SC_PAGE_SIZE)) / 2;
         const auto t0 = std::chrono::steady_clock::now();
         const auto set = data::decode_folder(folder, dopt);
         std::printf("tlcpu train_cpu: %zu images in %zu classes decoded in %.1f s (%zu unreadable, %d excluded), %.0f MB cached; "

@@ -56,6 +56,11 @@ for x in r:
     png = open(x["gradcam"], "rb").read()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000, x["gradcam"]
 PY
+# A decoded-image cap below what the subset needs (48 x 96 x 96 x 3 bytes) is refused up front.
+if "$build/apps/train_cpu" "${common[@]}" --out "$out/capped" --decode-mb 1 > "$out/capped.log" 2>&1; then
+  echo "train_cpu accepted a folder over --decode-mb"; exit 1
+fi
+grep -q "decoding 48 images at 96x96 needs 1.3 MB, over the cap of 1.0 MB" "$out/capped.log" || { cat "$out/capped.log"; exit 1; }
 # Without augmentation both phases train from the cached output of the frozen prefix.
 "$build/apps/train_cpu" "${common[@]}" --out "$out/cached" --no-augment > "$out/cached.log"
 grep -q "feature cache: the frozen prefix's output" "$out/cached.log" || { cat "$out/cached.log"; exit 1; }

@@ -296,10 +296,11 @@ TEST_CASE("decode: a folder over the memory cap is refused before decoding, with
     FormatsFolder ff;
     ImageFolder f = ImageFolder::scan(ff.dir.path);
     const uint64_t need = uint64_t(f.files.size()) * 512 * 512 * 3;
-    const std::string want = std::to_string(f.files.size()) + " images at 512x512 needs " + std::to_string(need >> 20) +
-                             " MB, over the cap of " + std::to_string((need - 1) >> 20) + " MB";
+    char want[128];
+    std::snprintf(want, sizeof want, "decoding %zu images at 512x512 needs %.1f MB, over the cap of %.1f MB", f.files.size(),
+                  double(need) / (1 << 20), double(need - 1) / (1 << 20));
     CHECK_THROWS_WITH_AS(decode_folder(f, {.size = 512, .warnings = nullptr, .max_bytes = need - 1}),
-                         doctest::Contains(want.c_str()), tlcpu::Error);
+                         doctest::Contains(want), tlcpu::Error);
     CHECK(decode_folder(f, {.size = 8, .warnings = nullptr, .max_bytes = need}).files.size() > 0);
 }
 

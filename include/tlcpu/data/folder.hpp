@@ -146,11 +146,13 @@ inline DecodedSet decode_folder(const ImageFolder& folder, const DecodeOptions& 
     }
     const size_t px = size_t(opt.size) * size_t(opt.size) * 3;
     const int64_t n = int64_t(todo.size());
-    if (opt.max_bytes && todo.size() * px > opt.max_bytes)
-        fail(folder.root.string() + ": decoding " + std::to_string(n) + " images at " + std::to_string(opt.size) + "x" +
-             std::to_string(opt.size) + " needs " + std::to_string(todo.size() * px >> 20) + " MB, over the cap of " +
-             std::to_string(opt.max_bytes >> 20) + " MB; use fewer images (an exclusion list, a per-class limit), a " +
-             "smaller size, or a larger cap");
+    if (opt.max_bytes && todo.size() * px > opt.max_bytes) {
+        char msg[160];
+        std::snprintf(msg, sizeof msg, "%lld images at %dx%d needs %.1f MB, over the cap of %.1f MB", static_cast<long long>(n),
+                      opt.size, opt.size, double(todo.size() * px) / (1 << 20), double(opt.max_bytes) / (1 << 20));
+        fail(folder.root.string() + ": decoding " + msg +
+             "; use fewer images (an exclusion list, a per-class limit), a smaller size, or a larger cap");
+    }
     out.pixels.resize(todo.size() * px);
     std::vector<std::string> why(todo.size());
 
