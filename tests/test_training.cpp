@@ -13,33 +13,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-using Tiny = Classifier<ResNet50<Layout::v1_5, 4>, 4>;
-
-// Four classes told apart by where a bright square sits, on noise. 32x32 keeps it fast.
-TensorSource synthetic(int n, uint64_t seed) {
-    Tensor x({n, 3, 32, 32});
-    std::vector<int> y(static_cast<size_t>(n));
-    for (int i = 0; i < n; ++i) {
-        const int c = i % 4;
-        y[size_t(i)] = c;
-        for (int64_t j = 0; j < 3 * 32 * 32; ++j) x[i * 3072 + j] = 0.3f * normal01(seed, uint64_t(i), uint64_t(j));
-        const int r0 = (c / 2) * 16 + 4, c0 = (c % 2) * 16 + 4;
-        for (int ch = 0; ch < 3; ++ch)
-            for (int r = r0; r < r0 + 8; ++r)
-                for (int q = c0; q < c0 + 8; ++q) x[((int64_t(i) * 3 + ch) * 32 + r) * 32 + q] += 1.5f;
-    }
-    return TensorSource(std::move(x), std::move(y));
-}
-
-std::unique_ptr<Tiny> fresh(uint64_t seed) {
-    auto net = std::make_unique<Tiny>();
-    net->visit("", [&](const std::string& n, Param& p) {
-        if (p.value.rank() > 1) init_he_normal(p.value, seed, hash_name(n));
-        p.touch();
-    });
-    set_bn_mode(net->backbone, BNMode::batch);  // from scratch, so batch statistics
-    return net;
-}
+using Tiny = test::TinyNet;
+using test::fresh_tiny;
+using test::synthetic_squares;
 
 template <class L>
 uint64_t runs(L& layer) {
@@ -68,11 +44,11 @@ struct TempDir {
 }  // namespace
 
 TEST_CASE("frozen layers compute no gradient and no backward primitive runs below the last trainable one") {
-    auto data = synthetic(8, 1);
+    auto data = synthetic_squares(8, 1);
     Tensor x;
     std::vector<int> y;
     data.load({0, 1, 2, 3, 4, 5, 6, 7}, 0, x, y);
-    auto net = fresh(3);
+    auto net = fresh_tiny(3);
     set_bn_mode(net->backbone, BNMode::inference);
 
     freeze_all(*net);
@@ -113,8 +89,8 @@ TEST_CASE("frozen layers compute no gradient and no backward primitive runs belo
 }
 
 TEST_CASE("the tiny network fits a small 4-class problem to 100% training accuracy") {
-    auto data = synthetic(32, 7);
-    auto net = fresh(11);
+    auto data = synthetic_squares(32, 7);
+    auto net = fresh_tiny(11);
     Adam adam(1e-2);
     ReduceLROnPlateau::Options ro;  // anneal on the training loss, so the last epochs settle
     ro.monitor = "loss";
