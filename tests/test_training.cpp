@@ -114,9 +114,9 @@ TEST_CASE("the tiny network fits a small 4-class problem to 100% training accura
 
 TEST_CASE("same seed, same threads: bit-identical weights; a resumed run equals an uninterrupted one") {
     TempDir dir;
-    auto data = synthetic(24, 3), val = synthetic(8, 4);
+    auto data = synthetic_squares(24, 3), val = synthetic_squares(8, 4);
     auto run = [&](int epochs, const std::string& ckpt, const std::string& resume_from, uint64_t seed) {
-        auto net = fresh(seed);
+        auto net = fresh_tiny(seed);
         net->head.drop.p = 0.3f;  // dropout masks must replay too
         Adam adam(2e-3);
         ReduceLROnPlateau::Options ro;
@@ -153,8 +153,8 @@ TEST_CASE("same seed, same threads: bit-identical weights; a resumed run equals 
 
 TEST_CASE("a non-finite loss stops training with a message naming the step; the checkpoint survives") {
     TempDir dir;
-    auto data = synthetic(16, 5);
-    auto net = fresh(1);
+    auto data = synthetic_squares(16, 5);
+    auto net = fresh_tiny(1);
     Adam adam(1e-3);
     Trainer<Tiny> trainer(*net, adam);
     FitOptions o;
@@ -177,4 +177,50 @@ TEST_CASE("a non-finite loss stops training with a message naming the step; the 
     const auto still = io::SafeTensors::open(o.checkpoint);
     CHECK(still.meta("epochs_done") == "1");
     CHECK(max_rel_diff(still.get("model.head_fc.bias"), good.get("model.head_fc.bias")) == 0.0);
+}
+
+TEST_CASE("shards: equal consecutive slices of each global batch whose union is that batch") {
+    std::vector<int64_t> order(30);
+    for (int64_t i = 0; i < 30; ++i) order[size_t(i)] = (i * 7) % 30;  // any permutation
+    // One process: the plain batches, the last one short.
+    const auto one = shard_batches(order, 12, 0, 1);
+    REQUIRE(one.size() == 3);
+    CHECK(one[2] == std::vector<int64_t>(order.begin() + 24, order.end()));
+    for (int ranks : {2, 3}) {
+        std::vector<std::vector<std::vector<int64_t>>> shards;
+        for (int r = 0; r < ranks; ++r) shards.push_back(shard_batches(order, 12, r, ranks));
+        for (size_t b = 0; b < one.size(); ++b) {
+            std::vector<int64_t> joined;
+            for (int r = 0; r < ranks; ++r) {
+                CHECK(shards[size_t(r)][b].size() == one[b].size() / size_t(ranks));
+                joined.insert(joined.end(), shards[size_t(r)][b].begin(), shards[size_t(r)][b].end());
+            }
+            CHECK(joined == one[b]);  // 30 = 2 x 12 + 6, and 6 splits evenly over 2 and 3
+        }
+    }
+    // 4 ranks: the last batch of 6 gives each rank 1 sample and leaves 2 out.
+    const auto four = shard_batches(order, 12, 3, 4);
+    REQUIRE(four.size() == 3);
+    CHECK(four[2] == std::vector<int64_t>{order[27]});
+    CHECK(shard_batches(order, 24, 0, 8).size() == 1);  // 30 = 24 + 6, and 6 samples for 8 ranks: no last batch
+    CHECK(test::error_of([&] { shard_batches(order, 10, 0, 3); }).find("does not split evenly over 3 processes") !=
+          std::string::npos);
+}
+
+TEST_CASE("dropout: a sample's mask depends on its place in the global batch, not on who computes it") {
+    Tensor x({6, 5}, 1.f);
+    Dropout whole;
+    whole.p = 0.5f;
+    whole.seed = 3;
+    whole.step = 9;
+    const Tensor all = whole.forward(x, Mode::training);
+    Tensor half({3, 5}, 1.f);
+    Dropout second = whole;
+    second.first = 3;  // the second of two processes
+    const Tensor& part = second.forward(half, Mode::training);
+    for (int64_t i = 0; i < 15; ++i) CHECK(part[i] == all[15 + i]);
+    int zeros = 0;
+    for (int64_t i = 0; i < 30; ++i) zeros += all[i] == 0.f;
+    CHECK(zeros > 0);
+    CHECK(zeros < 30);
 }
