@@ -5,4 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install-deps.sh
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build -j2 && ctest --test-dir build --output-on-failure
+# With MPI, so the data-parallel tests (CTest label mpi) run too; the core needs none.
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DTLCPU_WITH_MPI=ON && cmake --build build -j2 && ctest --test-dir build --output-on-failure
