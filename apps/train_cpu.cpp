@@ -307,11 +307,14 @@ int main(int argc, char** argv) {
     app.add_option("--plateau-patience", c.plateau_patience, "ReduceLROnPlateau patience")->capture_default_str();
     app.add_option("--plateau-factor", c.plateau_factor, "ReduceLROnPlateau factor")->capture_default_str();
     app.add_option("--min-lr", c.min_lr, "ReduceLROnPlateau minimum learning rate")->capture_default_str();
-    app.add_flag("--augment,!--no-augment", c.augment, "Augment training images (rotation, shifts, zoom, flip)")->capture_default_str();
+    // CLI11 2.1 writes an unset flag as "false" in config_to_str whatever its default, so
+    // a rerun from config.toml would silently drop augmentation or flips: give the default.
+    app.add_flag("--augment,!--no-augment", c.augment, "Augment training images (rotation, shifts, zoom, flip)")
+        ->default_str(c.augment ? "true" : "false");
     app.add_option("--rotation", c.rotation, "Rotation range in degrees")->capture_default_str();
     app.add_option("--shift", c.shift, "Width and height shift range (fraction)")->capture_default_str();
     app.add_option("--zoom", c.zoom, "Zoom range")->capture_default_str();
-    app.add_flag("--flip,!--no-flip", c.flip, "Random horizontal flips")->capture_default_str();
+    app.add_flag("--flip,!--no-flip", c.flip, "Random horizontal flips")->default_str(c.flip ? "true" : "false");
     app.add_option("--exclude", c.exclude, "Duplicates list (groups TSV) whose redundant copies are left out");
     app.add_option("--max-per-class", c.max_per_class, "Use at most this many images per class (0: all)")->capture_default_str();
     app.add_option("--frozen-precision", c.frozen_precision, "Precision of the frozen layers' folded convolutions: f32, or bf16 (AMX/AVX512_BF16; trainable layers stay f32)")

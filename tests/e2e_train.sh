@@ -26,6 +26,10 @@ rows = list(csv.DictReader(open(f"{out}/run/history.csv")))
 assert [(r["phase"], r["epoch"]) for r in rows] == [("1", "0"), ("2", "0")], rows
 split = list(csv.reader(open(f"{out}/run/split.tsv"), delimiter="\t"))
 assert split[0] == ["file", "class", "subset"] and len(split) == 1 + 48, len(split)
+import tomllib
+cfg = tomllib.load(open(f"{out}/run/config.toml", "rb"))
+# Defaults that are flags must be written as they were used, or a rerun from config.toml differs.
+assert cfg["augment"] is True and cfg["flip"] is True and cfg["resume"] is False, cfg
 html = open(f"{out}/run/report.html").read()
 assert "<svg" in html and "data:image/png;base64" in html and "not test accuracy" in html
 PY
@@ -55,6 +59,7 @@ PY
 # Without augmentation both phases train from the cached output of the frozen prefix.
 "$build/apps/train_cpu" "${common[@]}" --out "$out/cached" --no-augment > "$out/cached.log"
 grep -q "feature cache: the frozen prefix's output" "$out/cached.log" || { cat "$out/cached.log"; exit 1; }
+grep -qx "augment=false" "$out/cached/config.toml" && grep -qx "flip=true" "$out/cached/config.toml"
 "$build/apps/evaluate" --model "$out/cached/best.safetensors" --data "$shared/data/brain-tumor-mri/Training" \
   --split "$out/cached/split.tsv" --json "$out/cached_eval.json" > /dev/null
 cmp <(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1])))' "$out/cached/metrics.json") \

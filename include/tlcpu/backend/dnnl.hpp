@@ -3,6 +3,7 @@
 // between oneDNN's blocked layouts and plain tensors at the network's edges.
 #pragma once
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -63,6 +64,81 @@ public:
     dt frozen_precision = dt::f32;
     void wait() { stream_.wait(); }
 
+    // Buffers shared by every layer instead of one per layer and plan, for values that live
+    // briefly: gradients flowing down the backbone (a layer's input gradient is read only by
+    // the layer below it; inside a block at most three are alive: its output gradient, held
+    // for the shortcut, and the main path's two), and the activations of inference-mode
+    // blocks (a block's input, held for its shortcut, and two intermediates). That saves an
+    // activation-sized buffer per layer.
+    class BufferPool {
+        struct Free {
+            void operator()(char* p) const { std::free(p); }
+        };
+        struct Slot {
+            std::unique_ptr<char, Free> p;
+            size_t bytes = 0;
+            int held = 0;
+        };
+
+    public:
+        // A buffer of layout d that is not `input` (what the calling layer reads) and not
+        // held by anyone.
+        dnnl::memory take(const dnnl::memory::desc& d, const dnnl::memory* input) {
+            const void* in = input ? input->get_data_handle() : nullptr;
+            const size_t need = d.get_size();
+            Slot* pick = nullptr;
+            for (auto& s : slots_)
+                if (!s.held && s.p.get() != in) {
+                    pick = &s;
+                    break;
+                }
+            if (!pick) pick = &slots_.emplace_back();
+            if (pick->bytes < need) {  // a free slot's old contents are dead: grow it
+                pick->p.reset(static_cast<char*>(std::aligned_alloc(64, (need + 63) / 64 * 64)));
+                if (!pick->p) fail("out of memory allocating a " + std::to_string(need) + "-byte shared buffer");
+                pick->bytes = need;
+            }
+            return dnnl::memory(d, Backend::get().engine(), pick->p.get());
+        }
+        // True when m is a pool buffer nobody holds: its reader may overwrite it (in place).
+        bool free_to_overwrite(const dnnl::memory& m) {
+            const Slot* s = find(m);
+            return s && !s->held;
+        }
+        // Keeps a value alive while other layers take buffers (a block's output gradient
+        // until the shortcut has read it). A value not from the pool is left alone.
+        class Hold {
+        public:
+            Hold(BufferPool& pool, const dnnl::memory* m) : s_(m ? pool.find(*m) : nullptr) {
+                if (s_) ++s_->held;
+            }
+            ~Hold() {
+                if (s_) --s_->held;
+            }
+            Hold(const Hold&) = delete;
+            Hold& operator=(const Hold&) = delete;
+
+        private:
+            Slot* s_;
+        };
+        size_t bytes() const {
+            size_t n = 0;
+            for (auto& s : slots_) n += s.bytes;
+            return n;
+        }
+
+    private:
+        Slot* find(const dnnl::memory& m) {
+            const void* h = m.get_data_handle();
+            for (auto& s : slots_)
+                if (s.p.get() == h) return &s;
+            return nullptr;
+        }
+        std::deque<Slot> slots_;  // a deque: Holds point at slots, which must not move
+    };
+    BufferPool& grads() { return grads_; }
+    BufferPool& acts() { return acts_; }
+
 private:
     Backend() : engine_(dnnl::engine::kind::cpu, 0), stream_(engine_) {}
     dnnl::engine engine_;
@@ -71,6 +147,7 @@ private:
     struct Free { void operator()(char* p) const { std::free(p); } };
     std::unique_ptr<char, Free> scratch_;
     size_t scratch_size_ = 0;
+    BufferPool grads_, acts_;
 };
 
 
@@ -123,6 +200,15 @@ inline const dnnl::memory& as_desc(const dnnl::memory& m, const dnnl::memory::de
     if (!scratch || scratch.get_desc() != want) scratch = dnnl::memory(want, Backend::get().engine());
     reorder(m, scratch);
     return scratch;
+}
+
+// Where a layer whose backward may run in place (BatchNorm, ReLU) writes its input gradient:
+// over dy itself when dy is a pool buffer nobody else needs (g is dy, not a reordered copy,
+// and has the wanted layout), else in a fresh pool buffer.
+inline dnnl::memory in_place_or_take(const dnnl::memory& g, const dnnl::memory& dy, const dnnl::memory::desc& want) {
+    auto& pool = Backend::get().grads();
+    if (&g == &dy && dy.get_desc() == want && pool.free_to_overwrite(dy)) return dy;
+    return pool.take(want, &dy);
 }
 
 // Primitives and their buffers, built once per input layout and reused. A handful of

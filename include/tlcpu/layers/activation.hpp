@@ -46,9 +46,9 @@ public:
             p.bwd_pd = {{dnnl::algorithm::eltwise_relu_use_dst_for_bwd, p.dst.get_desc(), p.dst.get_desc(), 0.f},
                         Backend::attr(), eng, p.pd};
             p.bwd_prim = dnnl::eltwise_backward(p.bwd_pd);
-            p.diff_src = dnnl::memory(p.bwd_pd.diff_src_desc(), eng);
         }
         const dnnl::memory& g = as_desc(dy, p.bwd_pd.diff_dst_desc(), p.dy);
+        p.diff_src = in_place_or_take(g, dy, p.bwd_pd.diff_src_desc());
         Backend::get().run(p.bwd_prim, {{DNNL_ARG_DST, p.dst}, {DNNL_ARG_DIFF_DST, g}, {DNNL_ARG_DIFF_SRC, p.diff_src}});
         return &p.diff_src;
     }

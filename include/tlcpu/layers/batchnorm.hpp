@@ -91,10 +91,10 @@ public:
             p.bwd->pd = {{dnnl::prop_kind::backward, p.pd.dst_desc(), p.pd.src_desc(), config.eps, p.flags},
                          Backend::attr(), eng, p.pd};
             p.bwd->prim = dnnl::batch_normalization_backward(p.bwd->pd);
-            p.bwd->diff_src = dnnl::memory(p.bwd->pd.diff_src_desc(), eng);
         }
         Backward& b = *p.bwd;
         const dnnl::memory& g = as_desc(dy, b.pd.diff_dst_desc(), b.dy);
+        b.diff_src = in_place_or_take(g, dy, b.pd.diff_src_desc());
         std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, p.src},
                                                    {DNNL_ARG_DIFF_DST, g},
                                                    {DNNL_ARG_DIFF_SRC, b.diff_src},

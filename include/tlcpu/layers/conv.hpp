@@ -59,7 +59,8 @@ public:
     // only when the conv's or the BN's parameters change.
     // residual_owned: the residual is a scratch buffer nobody reads afterwards (a projection
     // shortcut's output), so the sum accumulates into it in place; otherwise it is copied
-    // into this conv's own output buffer first.
+    // into the output buffer first. The output buffer comes from the shared activation pool
+    // (Backend::acts()): it stays valid until the caller lets the pool hand it out again.
     // precision: f32, or bf16 for a frozen layer (Backend::frozen_precision; a trainable
     // layer evaluated in inference mode keeps the f32 it trains in).
     template <class BN>
@@ -84,11 +85,11 @@ public:
             p.versions = v;
         }
         const dnnl::memory* dst = &p.dst;
-        if (residual) {
-            if (residual_owned && residual->get_desc() == p.pd.dst_desc())
-                dst = residual;
-            else
-                reorder(*residual, p.dst);
+        if (residual && residual_owned && residual->get_desc() == p.pd.dst_desc()) {
+            dst = residual;
+        } else {
+            p.dst = Backend::get().acts().take(p.pd.dst_desc(), &x);
+            if (residual) reorder(*residual, p.dst);
         }
         Backend::get().run(p.prim, {{DNNL_ARG_SRC, as_desc(x, p.pd.src_desc(), p.src_scratch)},
                                     {DNNL_ARG_WEIGHTS, p.weights},
@@ -121,6 +122,7 @@ public:
             b.weight_version = weight.version;
         }
         const dnnl::memory& g = as_desc(dy, b.dpd.diff_dst_desc(), b.dy_d);
+        b.diff_src = be.grads().take(b.dpd.diff_src_desc(), &dy);
         be.run(b.dprim, {{DNNL_ARG_DIFF_DST, g}, {DNNL_ARG_WEIGHTS, b.weights}, {DNNL_ARG_DIFF_SRC, b.diff_src}});
         return &b.diff_src;
     }
@@ -131,7 +133,7 @@ private:
         dnnl::convolution_backward_weights wprim;
         dnnl::convolution_backward_data::primitive_desc dpd;
         dnnl::convolution_backward_data dprim;
-        dnnl::memory diff_weights, weights, diff_src, dy_w, dy_d, src;  // weights: backward-data's layout
+        dnnl::memory diff_weights, weights, diff_src, dy_w, dy_d, src;  // weights: backward-data's layout; diff_src: a GradPool buffer
         uint64_t weight_version = 0;
     };
     struct Plan {
@@ -161,7 +163,6 @@ private:
         b.dpd = {{algo, any(src), any(wei), any(dst), {S, S}, {P, P}, {P, P}}, Backend::attr(), eng, p.pd};
         b.dprim = dnnl::convolution_backward_data(b.dpd);
         b.weights = dnnl::memory(b.dpd.weights_desc(), eng);
-        b.diff_src = dnnl::memory(b.dpd.diff_src_desc(), eng);
         return b;
     }
 
@@ -195,7 +196,7 @@ private:
     struct Folded {
         dnnl::convolution_forward::primitive_desc pd;
         dnnl::convolution_forward prim;
-        dnnl::memory weights, bias, dst, src_scratch;
+        dnnl::memory weights, bias, dst, src_scratch;  // dst: a buffer of Backend::acts()
         std::array<uint64_t, 6> versions{};
         dt precision = dt::f32;
     };
@@ -224,7 +225,6 @@ private:
         p.prim = dnnl::convolution_forward(p.pd);
         p.weights = dnnl::memory(p.pd.weights_desc(), eng);
         p.bias = dnnl::memory(p.pd.bias_desc(), eng);
-        p.dst = dnnl::memory(p.pd.dst_desc(), eng);
         return p;
     }
 

@@ -4,6 +4,8 @@
 //   static constexpr int in_channels, out_channels   (any_channels: passes its input through)
 //   const dnnl::memory& forward(const dnnl::memory& x, Mode)   returning its own output buffer
 //   const dnnl::memory& output() const                         the last forward's result
+//     (in inference a block's output lives in the shared activation pool: read it before
+//     later layers run, as a stage-by-stage walk does)
 //   void visit(const std::string& prefix, F&& f)              f(name, Param&) per parameter
 #pragma once
 #include <algorithm>

@@ -51,9 +51,9 @@ public:
             p.bwd_pd = {{dnnl::algorithm::pooling_max, p.pd.src_desc(), p.pd.dst_desc(), {S, S}, {K, K}, {P, P}, pr},
                         Backend::attr(), eng, p.pd};
             p.bwd_prim = dnnl::pooling_backward(p.bwd_pd);
-            p.diff_src = dnnl::memory(p.bwd_pd.diff_src_desc(), eng);
         }
         const dnnl::memory& g = as_desc(dy, p.bwd_pd.diff_dst_desc(), p.dy);
+        p.diff_src = Backend::get().grads().take(p.bwd_pd.diff_src_desc(), &dy);
         Backend::get().run(p.bwd_prim,
                            {{DNNL_ARG_DIFF_DST, g}, {DNNL_ARG_DIFF_SRC, p.diff_src}, {DNNL_ARG_WORKSPACE, p.workspace}});
         return &p.diff_src;
@@ -138,9 +138,9 @@ public:
                          {src[2], src[3]}, {0, 0}, {0, 0}},
                         Backend::attr(), eng, p.pd};
             p.bwd_prim = dnnl::pooling_backward(p.bwd_pd);
-            p.diff_src = dnnl::memory(p.bwd_pd.diff_src_desc(), eng);
             p.dy = dnnl::memory(p.bwd_pd.diff_dst_desc(), eng);
         }
+        p.diff_src = Backend::get().grads().take(p.bwd_pd.diff_src_desc(), nullptr);
         reorder(edge(dy), p.dy);
         Backend::get().run(p.bwd_prim, {{DNNL_ARG_DIFF_DST, p.dy}, {DNNL_ARG_DIFF_SRC, p.diff_src}});
         return p.diff_src;

@@ -74,16 +74,22 @@ public:
 
     // In training the ReLUs and the residual sum overwrite the BatchNorm outputs they read:
     // BatchNorm's backward needs its input, not its output, so those buffers are free.
-    Bottleneck() { relu1.in_place = relu2.in_place = relu3.in_place = add.in_place = true; }
+    // grad_add sums into the main path's input gradient, a pool buffer read by no one else.
+    Bottleneck() { relu1.in_place = relu2.in_place = relu3.in_place = add.in_place = grad_add.in_place = true; }
 
     // Inference (a frozen block, or evaluation) runs four convolutions with their BatchNorms
     // folded in and the ReLUs and the residual add as post-ops; training runs every layer,
     // keeping what backward needs.
     const dnnl::memory& forward(const dnnl::memory& x, Mode m) {
         if (m == Mode::inference) {
+            // Outputs come from the shared activation pool: x is held until the shortcut
+            // has read it, g until conv3 has.
+            auto& pool = Backend::get().acts();
             const dt prec = trainable(*this) ? dt::f32 : Backend::get().frozen_precision;
+            Backend::BufferPool::Hold keep_x(pool, &x);
             const auto& h = conv1.forward_folded(x, bn1, true, nullptr, false, prec);
             const auto& g = conv2.forward_folded(h, bn2, true, nullptr, false, prec);
+            Backend::BufferPool::Hold keep_g(pool, &g);
             const dnnl::memory* shortcut = &x;
             if constexpr (has_projection) shortcut = &down_conv.forward_folded(x, down_bn, false, nullptr, false, prec);
             // The sum accumulates into the shortcut's buffer: the projection's output, or
@@ -107,10 +113,20 @@ public:
     const dnnl::memory* backward(const dnnl::memory& dy, bool need_dx) {
         const dnnl::memory* g = relu3.backward(dy, need_dx || trainable(*this));
         if (!g) return nullptr;
-        const dnnl::memory* main = backward_chain(*g, need_dx, conv1, bn1, relu1, conv2, bn2, relu2, conv3, bn3);
+        // g feeds both paths, and the main path's result waits for the shortcut's: each is
+        // held while the other path takes gradient buffers from the shared pool.
+        auto& pool = Backend::get().grads();
+        const dnnl::memory* main;
+        {
+            Backend::BufferPool::Hold keep(pool, g);
+            main = backward_chain(*g, need_dx, conv1, bn1, relu1, conv2, bn2, relu2, conv3, bn3);
+        }
         const dnnl::memory* shortcut = g;
-        if constexpr (has_projection) shortcut = backward_chain(*g, need_dx, down_conv, down_bn);
-        return need_dx ? &grad_add.forward(*main, *shortcut) : nullptr;
+        if constexpr (has_projection) {
+            Backend::BufferPool::Hold keep(pool, main);
+            shortcut = backward_chain(*g, need_dx, down_conv, down_bn);
+        }
+        return need_dx ? &grad_add.forward(*main, *shortcut) : nullptr;  // in place over main
     }
 
 private:
