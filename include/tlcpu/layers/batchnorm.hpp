@@ -1,6 +1,7 @@
 // tlcpu: batch normalisation. BatchNorm2d runs as a oneDNN primitive on the backbone's
 // activations; BatchNorm1d is the head's, on a plain [N, C] tensor with Eigen.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <span>
@@ -33,6 +34,16 @@ struct BNConfig {
 // per-channel reductions the same way, so the result is that of one process holding the
 // whole batch. Empty (the default, as in PyTorch's DDP): each process's own batch.
 using SumAcross = std::function<void(std::span<double>)>;
+
+// Per-channel mean and biased variance from summed statistics: s holds C sums of x, then C
+// sums of x squared, over `count` values (a synchronised BatchNorm's global batch).
+inline void mean_var_from_sums(std::span<const double> s, int C, double count, float* mean, float* var) {
+    for (int c = 0; c < C; ++c) {
+        const double m = s[size_t(c)] / count;
+        mean[c] = float(m);
+        var[c] = float(std::max(0.0, s[size_t(C + c)] / count - m * m));
+    }
+}
 
 template <int C>
 class BatchNorm2d {
@@ -177,13 +188,8 @@ private:
         sync(s);
         p.count = s[2 * C];
         check(p.count > 1, "BatchNorm2d with synchronised statistics needs more than one value per channel in the global batch");
-        float* mean = static_cast<float*>(p.mean.get_data_handle());
-        float* var = static_cast<float*>(p.var.get_data_handle());
-        for (int c = 0; c < C; ++c) {
-            const double m = s[size_t(c)] / p.count;
-            mean[c] = float(m);
-            var[c] = float(std::max(0.0, s[size_t(C + c)] / p.count - m * m));
-        }
+        mean_var_from_sums(s, C, p.count, static_cast<float*>(p.mean.get_data_handle()),
+                           static_cast<float*>(p.var.get_data_handle()));
         return p.count;
     }
 
@@ -279,11 +285,7 @@ public:
             count_ = s[2 * C];
             check(count_ > 1, "BatchNorm1d with synchronised statistics needs more than one sample in the global batch");
             mean.resize(C), var.resize(C);
-            for (int c = 0; c < C; ++c) {
-                const double m = s[size_t(c)] / count_;
-                mean[c] = float(m);
-                var[c] = float(std::max(0.0, s[size_t(C + c)] / count_ - m * m));
-            }
+            mean_var_from_sums(s, C, count_, mean.data(), var.data());
         } else if (batch) {
             check(n > 1, "BatchNorm1d in batch mode needs more than one sample per batch");
             mean = X.colwise().mean().array();
