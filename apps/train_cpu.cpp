@@ -289,7 +289,7 @@ int main(int argc, char** argv) {
     app.add_option("--size", c.size, "Input side in pixels")->capture_default_str();
     app.add_option("--resize", c.resize, "antialias, or nearest (Keras' default)")->check(CLI::IsMember({"antialias", "nearest"}))->capture_default_str();
 #ifdef TLCPU_WITH_MPI
-    app.add_option("--batch", c.batch, "Global batch size, split evenly over the MPI ranks")->capture_default_str();
+    app.add_option("--batch", c.batch, "Global batch size, split over the MPI ranks")->capture_default_str();
     app.add_flag("--sync-bn", c.sync_bn, "BatchNorms that train with batch statistics use the global batch's (an allreduce per layer) instead of each rank's own");
 #else
     app.add_option("--batch", c.batch, "Batch size")->capture_default_str();

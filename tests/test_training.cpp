@@ -179,32 +179,36 @@ TEST_CASE("a non-finite loss stops training with a message naming the step; the 
     CHECK(max_rel_diff(still.get("model.head_fc.bias"), good.get("model.head_fc.bias")) == 0.0);
 }
 
-TEST_CASE("shards: equal consecutive slices of each global batch whose union is that batch") {
+TEST_CASE("shards: consecutive slices of each global batch, the last short one included, whose union is that batch") {
     std::vector<int64_t> order(30);
     for (int64_t i = 0; i < 30; ++i) order[size_t(i)] = (i * 7) % 30;  // any permutation
     // One process: the plain batches, the last one short.
     const auto one = shard_batches(order, 12, 0, 1);
     REQUIRE(one.size() == 3);
-    CHECK(one[2] == std::vector<int64_t>(order.begin() + 24, order.end()));
-    for (int ranks : {2, 3}) {
-        std::vector<std::vector<std::vector<int64_t>>> shards;
+    CHECK(one[2].indices == std::vector<int64_t>(order.begin() + 24, order.end()));
+    CHECK(one[2].global == 6);
+    for (int ranks : {2, 3, 4, 7, 8}) {  // 12 and 6 split unevenly over some, and 6 < 7, 8
+        std::vector<std::vector<Shard>> shards;
         for (int r = 0; r < ranks; ++r) shards.push_back(shard_batches(order, 12, r, ranks));
         for (size_t b = 0; b < one.size(); ++b) {
             std::vector<int64_t> joined;
             for (int r = 0; r < ranks; ++r) {
-                CHECK(shards[size_t(r)][b].size() == one[b].size() / size_t(ranks));
-                joined.insert(joined.end(), shards[size_t(r)][b].begin(), shards[size_t(r)][b].end());
+                const Shard& s = shards[size_t(r)][b];
+                const int64_t len = int64_t(one[b].indices.size());
+                CHECK(int64_t(s.indices.size()) == len * (r + 1) / ranks - len * r / ranks);
+                CHECK(s.first == int64_t(joined.size()));  // its place in the global batch
+                CHECK(s.global == len);
+                CHECK(s.lead == one[b].indices[0]);
+                joined.insert(joined.end(), s.indices.begin(), s.indices.end());
             }
-            CHECK(joined == one[b]);  // 30 = 2 x 12 + 6, and 6 splits evenly over 2 and 3
+            CHECK(joined == one[b].indices);  // every sample trains, once
         }
     }
-    // 4 ranks: the last batch of 6 gives each rank 1 sample and leaves 2 out.
-    const auto four = shard_batches(order, 12, 3, 4);
-    REQUIRE(four.size() == 3);
-    CHECK(four[2] == std::vector<int64_t>{order[27]});
-    CHECK(shard_batches(order, 24, 0, 8).size() == 1);  // 30 = 24 + 6, and 6 samples for 8 ranks: no last batch
-    CHECK(test::error_of([&] { shard_batches(order, 10, 0, 3); }).find("does not split evenly over 3 processes") !=
-          std::string::npos);
+    // 8 ranks, last batch of 6: ranks 0 and 4 get nothing, but still have the batch.
+    const auto empty = shard_batches(order, 12, 4, 8);
+    REQUIRE(empty.size() == 3);
+    CHECK(empty[2].indices.empty());
+    CHECK(shard_batches(order, 12, 5, 8)[2].indices == std::vector<int64_t>{order[27]});
 }
 
 TEST_CASE("dropout: a sample's mask depends on its place in the global batch, not on who computes it") {

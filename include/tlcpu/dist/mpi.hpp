@@ -51,11 +51,14 @@ inline int world_size() {
 
 // Ends every rank of the job with the reason on stderr. A rank that throws while the others
 // wait in a collective would otherwise leave them waiting for ever.
-[[noreturn]] inline void abort(std::string why, int code = 1) {
+[[noreturn]] inline void abort(std::string why, int code = 1, MPI_Comm comm = MPI_COMM_WORLD) {
     if (why.starts_with("tlcpu: ")) why.erase(0, 7);  // a tlcpu::Error's own prefix
-    std::fprintf(stderr, "tlcpu: rank %d of %d failed: %s; aborting every rank\n", world_rank(), world_size(), why.c_str());
+    int rank = 0, size = 1;
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &size);
+    std::fprintf(stderr, "tlcpu: rank %d of %d failed: %s; aborting every rank\n", rank, size, why.c_str());
     std::fflush(stderr);
-    MPI_Abort(MPI_COMM_WORLD, code);
+    MPI_Abort(comm, code);
     std::_Exit(code);  // MPI_Abort does not return; this keeps the compiler sure of it
 }
 
@@ -88,6 +91,7 @@ public:
     struct Stats {
         double seconds = 0;
         int64_t steps = 0, calls = 0, bytes = 0;
+        int64_t early = 0;  // of the calls, those started during backward (overlapping it)
     };
 
     explicit MPIReplicas(MPI_Comm comm = MPI_COMM_WORLD) : MPIReplicas(comm, Options{}) {}
@@ -96,9 +100,7 @@ public:
         MPI_Comm_size(comm_, &size_);
         MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
     }
-    ~MPIReplicas() override {
-        if (gradients_ready_hook()) gradients_ready_hook() = nullptr;
-    }
+    ~MPIReplicas() override { unhook(); }
 
     int rank() const override { return rank_; }
     int size() const override { return size_; }
@@ -114,6 +116,7 @@ public:
             detail::ok(MPI_Bcast(v.data() + at, n, MPI_FLOAT, 0, comm_), "MPI_Bcast (weights)");
         }
     }
+    [[noreturn]] void abort(const std::string& why) override { tlcpu::dist::abort(why, 1, comm_); }
     bool agree(uint64_t v) override {
         uint64_t lo = v, hi = v;
         detail::ok(MPI_Allreduce(MPI_IN_PLACE, &lo, 1, MPI_UINT64_T, MPI_MIN, comm_), "MPI_Allreduce (min)");
@@ -121,27 +124,33 @@ public:
         return lo == hi;
     }
 
-    void begin_backward(const std::vector<Param*>& params) override {
+    void begin_backward(const std::vector<Param*>& params, int64_t local, int64_t global) override {
         if (size_ == 1) return;
+        check(local >= 0 && global > 0, "begin_backward: " + std::to_string(local) + " of " + std::to_string(global) + " samples");
         plan_buckets(params);
         next_ = 0;
-        if (o_.overlap) gradients_ready_hook() = [this](Param& first) { ready(first); };
+        idle_ = local == 0;
+        // Also on an idle replica running a stand-in sample: its buckets (zeros) must start
+        // in the same order relative to the synchronised BatchNorms' sums as everyone's.
+        if (o_.overlap) {
+            gradients_ready_hook() = [this](Param& first) { ready(first); };
+            gradients_ready_owner() = this;
+        }
     }
 
     void end_backward() override {
         if (size_ == 1) return;
-        gradients_ready_hook() = nullptr;
+        unhook();
         const auto t0 = Clock::now();
         while (next_ < buckets_.size()) start(next_++);
         std::vector<MPI_Request> reqs;
         for (auto& b : buckets_) reqs.push_back(b.req);
         detail::ok(MPI_Waitall(int(reqs.size()), reqs.data(), MPI_STATUSES_IGNORE), "MPI_Waitall (gradients)");
-        const float r = float(size_);
         for (auto& b : buckets_) {
             b.req = MPI_REQUEST_NULL;
             const float* v = b.flat.data();
             for (Param* p : b.params)
-                for (float& g : p->grad) g = *v++ / r;
+                for (float& g : grad_of(*p)) g = *v++;
         }
         stats.seconds += seconds_since(t0);
         ++stats.steps;
@@ -190,7 +199,7 @@ private:
         const auto t0 = Clock::now();
         auto it = index_.find(&first);
         if (it != index_.end())
-            while (next_ < buckets_.size() && buckets_[next_].first >= it->second) start(next_++);
+            while (next_ < buckets_.size() && buckets_[next_].first >= it->second) start(next_++), ++stats.early;
         // Open MPI moves a nonblocking collective along only inside MPI calls.
         for (size_t i = 0; i < next_; ++i) {
             int done = 0;
@@ -203,18 +212,29 @@ private:
         Backend::get().wait();  // the gradients are written
         Bucket& b = buckets_[i];
         float* v = b.flat.data();
-        for (Param* p : b.params) {
-            check(p->grad.shape() == p->value.shape(), "data parallelism: a trainable weight has no gradient after backward");
-            v = std::copy(p->grad.begin(), p->grad.end(), v);
-        }
+        if (idle_)
+            std::fill(b.flat.begin(), b.flat.end(), 0.f);
+        else
+            for (Param* p : b.params) {
+                check(p->grad.shape() == p->value.shape(), "data parallelism: a trainable weight has no gradient after backward");
+                v = std::copy(p->grad.begin(), p->grad.end(), v);
+            }
         detail::ok(MPI_Iallreduce(MPI_IN_PLACE, b.flat.data(), int(b.flat.size()), MPI_FLOAT, MPI_SUM, comm_, &b.req),
                    "MPI_Iallreduce (gradients)");
         ++stats.calls;
         stats.bytes += int64_t(b.flat.size() * sizeof(float));
     }
 
+    // The hook is one global: clear it only if this object installed it.
+    void unhook() {
+        if (gradients_ready_owner() != this) return;
+        gradients_ready_hook() = nullptr;
+        gradients_ready_owner() = nullptr;
+    }
+
     MPI_Comm comm_;
     Options o_;
+    bool idle_ = false;  // no sample of this global batch: contributes zeros
     int rank_ = 0, size_ = 1;
     std::vector<std::pair<Param*, size_t>> key_;
     std::unordered_map<const Param*, size_t> index_;

@@ -87,6 +87,11 @@ inline std::function<void(Param&)>& gradients_ready_hook() {
     static std::function<void(Param&)> hook;
     return hook;
 }
+// Who installed the hook (it is one global): only they clear it.
+inline const void*& gradients_ready_owner() {
+    static const void* owner = nullptr;
+    return owner;
+}
 template <class L>
 void gradients_ready(L& l) {
     auto& hook = gradients_ready_hook();

@@ -5,6 +5,7 @@
 // This header holds no transport: dist/mpi.hpp implements Replicas with MPI (built with
 // TLCPU_WITH_MPI). A Trainer without Replicas is one process, exactly as before.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <span>
@@ -28,30 +29,54 @@ public:
     virtual void broadcast(std::span<float> v) = 0;
     // True on every replica when all passed the same value, false on every replica otherwise.
     virtual bool agree(uint64_t v) = 0;
-    // Around one backward. `params` is the model's every parameter in visit order. After
-    // end_backward the gradient of every trainable weight is the mean over the replicas.
-    virtual void begin_backward(const std::vector<Param*>& params) = 0;
+    // Around one backward. `params` is the model's every parameter in visit order; this
+    // replica trains on `local` samples of a global batch of `global`, and its backward
+    // produces its share of the gradient of the global batch's mean loss (the Trainer scales
+    // the loss gradient by local / global). After end_backward the gradient of every
+    // trainable weight is the sum of the shares: the gradient over the global batch. A
+    // replica with local == 0 contributes zeros (its gradients are not read).
+    virtual void begin_backward(const std::vector<Param*>& params, int64_t local, int64_t global) = 0;
     virtual void end_backward() = 0;
+    // Ends every replica's process with the reason. A replica that fails while the others
+    // wait in a collective would otherwise leave them waiting for ever; the Trainer calls
+    // this for any exception out of fit or evaluate. May return only in a test's fake, and
+    // the caller then rethrows.
+    virtual void abort(const std::string& why) = 0;
+
+    // True while this replica has no sample of the current global batch but runs a stand-in
+    // one so that it still joins the synchronised BatchNorms' sums: they then contribute
+    // zeros (set by the Trainer).
+    bool idle = false;
 };
 
-// The part of a global batch that replica `rank` of `ranks` trains on: the rank-th of
-// `ranks` equal consecutive slices. Equal slices make the mean of the replicas' gradients
-// (each a mean over its slice) exactly the gradient of the mean loss over the global batch.
-// A short last batch is sliced the same way; the (size % ranks) samples that do not divide
-// evenly are left out of that epoch (none on one process; the shuffle picks other ones each
-// epoch). Returns the slices of every global batch in order; a batch too short to give each
-// replica a sample is left out whole.
-inline std::vector<std::vector<int64_t>> shard_batches(const std::vector<int64_t>& order, int batch, int rank, int ranks) {
+// The part of one global batch that a replica trains on.
+struct Shard {
+    std::vector<int64_t> indices;  // samples, consecutive in the epoch's order; may be empty
+    int64_t first = 0;             // place of indices[0] in the global batch (Dropout's offset)
+    int64_t global = 0;            // samples in the global batch
+    int64_t lead = 0;              // the global batch's first sample (an idle replica's stand-in)
+};
+
+// The part of every global batch that replica `rank` of `ranks` trains on: samples
+// [len * rank / ranks, len * (rank + 1) / ranks) of a batch of len, for every batch the last
+// short one included. Slices may differ in length by one, and are empty when the batch is
+// shorter than the rank count; with each replica's gradient weighted by its slice's length
+// (Replicas::begin_backward) the result is the gradient of the mean loss over the global
+// batch, so every sample trains, whatever the number of processes.
+inline std::vector<Shard> shard_batches(const std::vector<int64_t>& order, int batch, int rank, int ranks) {
     check(ranks >= 1 && rank >= 0 && rank < ranks, "shard_batches: rank " + std::to_string(rank) + " of " + std::to_string(ranks));
-    check(batch > 0 && batch % ranks == 0, "the global batch " + std::to_string(batch) + " does not split evenly over " +
-                                               std::to_string(ranks) + " processes; pass a multiple of " + std::to_string(ranks));
-    std::vector<std::vector<int64_t>> out;
+    check(batch > 0, "shard_batches: the batch must be positive");
+    std::vector<Shard> out;
     const int64_t n = int64_t(order.size());
     for (int64_t b0 = 0; b0 < n; b0 += batch) {
-        const int64_t local = std::min<int64_t>(batch, n - b0) / ranks;
-        if (local == 0) break;
-        const auto first = order.begin() + b0 + rank * local;
-        out.emplace_back(first, first + local);
+        const int64_t len = std::min<int64_t>(batch, n - b0);
+        const int64_t lo = len * rank / ranks, hi = len * (rank + 1) / ranks;
+        Shard s;
+        s.indices.assign(order.begin() + b0 + lo, order.begin() + b0 + hi);
+        s.first = lo;
+        s.global = len;
+        s.lead = order[size_t(b0)];
+        out.push_back(std::move(s));
     }
     return out;
 }
@@ -64,8 +89,24 @@ void sync_batchnorm(Model& m, Replicas* r) {
     if (r && r->size() == 1) r = nullptr;
     for_each_layer(m, [&](auto& l) {
         if constexpr (requires { l.sync; l.config.mode; })
-            l.sync = r ? SumAcross([r](std::span<double> v) { r->sum(v); }) : SumAcross();
+            l.sync = r ? SumAcross([r](std::span<double> v) {
+                if (r->idle) std::fill(v.begin(), v.end(), 0.0);  // a stand-in sample: no share of the batch
+                r->sum(v);
+            })
+                       : SumAcross();
     });
+}
+
+// Whether some BatchNorm of the model sums its statistics over the replicas: a replica
+// without samples must then still run forward and backward (on a stand-in sample), since
+// those sums are collectives every replica joins.
+template <class Model>
+bool has_synced_batchnorm(Model& m) {
+    bool any = false;
+    for_each_layer(m, [&](auto& l) {
+        if constexpr (requires { l.sync; l.config.mode; }) any = any || bool(l.sync);
+    });
+    return any;
 }
 
 // A digest of every parameter's bits, for checking that replicas hold the same model.

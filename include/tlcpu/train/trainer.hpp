@@ -182,7 +182,32 @@ public:
     Replicas* replicas = nullptr;  // data parallelism; null: this process alone
 
     // With replicas each evaluates a consecutive R-th of the data; the sums are combined.
+    // Then evaluate is collective: every replica must call it, with the same data size.
+    // An exception on any replica ends every replica's process (Replicas::abort).
     Metrics evaluate(BatchSource& data, int batch) {
+        return collective([&] { return evaluate_here(data, batch); });
+    }
+
+    // Trains one phase; returns each epoch's logs. `from` continues a checkpointed phase.
+    // With replicas fit is collective, and an exception on any replica ends every
+    // replica's process (Replicas::abort) rather than leave the others in a collective.
+    std::vector<EpochLogs> fit(BatchSource& train, BatchSource* val, const FitOptions& o, ResumePoint from = {}) {
+        return collective([&] { return fit_here(train, val, o, from); });
+    }
+
+private:
+    template <class F>
+    auto collective(F&& f) {
+        if (!replicas) return f();
+        try {
+            return f();
+        } catch (const std::exception& e) {
+            replicas->abort(e.what());
+            throw;
+        }
+    }
+
+    Metrics evaluate_here(BatchSource& data, int batch) {
         const int64_t ranks = replicas ? replicas->size() : 1, rank = replicas ? replicas->rank() : 0;
         const int64_t begin = data.size() * rank / ranks, end = data.size() * (rank + 1) / ranks;
         SliceSource part(data, begin, end - begin);
@@ -201,13 +226,10 @@ public:
         return m;
     }
 
-    // Trains one phase; returns each epoch's logs. `from` continues a checkpointed phase.
-    std::vector<EpochLogs> fit(BatchSource& train, BatchSource* val, const FitOptions& o, ResumePoint from = {}) {
+    std::vector<EpochLogs> fit_here(BatchSource& train, BatchSource* val, const FitOptions& o, ResumePoint from) {
         check(o.batch > 0 && o.epochs >= 0, "fit: batch must be positive and epochs non-negative");
         check(train.size() > 0, "fit: the training set is empty");
         const int ranks = replicas ? replicas->size() : 1, rank = replicas ? replicas->rank() : 0;
-        check(o.batch % ranks == 0, "fit: the global batch " + std::to_string(o.batch) + " does not split evenly over " +
-                                        std::to_string(ranks) + " processes; pass a multiple of " + std::to_string(ranks));
         TrainControl ctl;
         ctl.lr = opt_.lr;
         ctl.get_weights = [&] { return get_weights(model_); };
@@ -227,27 +249,55 @@ public:
         for (int epoch = resumed ? from.epochs_done : 0; epoch < o.epochs && !(resumed && from.stopped); ++epoch) {
             const auto t0 = std::chrono::steady_clock::now();
             const auto order = epoch_order(n, o.seed, o.phase, epoch, o.shuffle);
-            const auto plan = shard_batches(order, o.batch, rank, ranks);  // this process's part of each batch
-            const int64_t batches = int64_t(plan.size());
+            const auto shards = shard_batches(order, o.batch, rank, ranks);  // this process's part of each batch
+            const int64_t batches = int64_t(shards.size());
+            // What this process loads: its shards; for an empty one nothing, or, when synced
+            // BatchNorms need it in their sums, the batch's first sample as a stand-in whose
+            // statistics and gradients count for nothing.
+            const bool stand_in = replicas && has_synced_batchnorm(model_);
+            std::vector<std::vector<int64_t>> plan;
+            for (const auto& sh : shards)
+                if (!sh.indices.empty())
+                    plan.push_back(sh.indices);
+                else if (stand_in)
+                    plan.push_back({sh.lead});
             train.plan(plan, epoch);
+            size_t loaded = 0;
             double loss_sum = 0, correct = 0, seen = 0;
             for (int64_t b = 0; b < batches; ++b) {
-                const auto& idx = plan[size_t(b)];
-                train.load(idx, epoch, x, y);
-                seed_dropout(model_, o.seed, uint64_t(opt_.steps), rank * int64_t(idx.size()));
-                auto r = softmax_cross_entropy(model_.forward(x, Mode::training), y);
+                const Shard& sh = shards[size_t(b)];
+                const int64_t local = int64_t(sh.indices.size());
+                const bool run = local > 0 || stand_in;
+                LossResult r;
+                double s[3] = {0, 0, 0};
+                if (run) {
+                    train.load(plan[loaded++], epoch, x, y);
+                    seed_dropout(model_, o.seed, uint64_t(opt_.steps), sh.first);
+                    if (replicas) replicas->idle = local == 0;
+                    r = softmax_cross_entropy(model_.forward(x, Mode::training), y);
+                    if (local > 0) s[0] = r.loss * double(local), s[1] = double(r.correct), s[2] = double(local);
+                }
                 // The whole batch's figures on every process, before backward: a NaN on any
                 // one of them stops all of them at the same step.
-                double s[3] = {r.loss * double(idx.size()), double(r.correct), double(idx.size())};
                 if (replicas) replicas->sum(s);
                 if (!std::isfinite(s[0]))
                     fail("the loss became " + std::string(std::isnan(s[0]) ? "NaN" : "infinite") + " at phase " +
                          std::to_string(o.phase) + " epoch " + std::to_string(epoch + 1) + " batch " + std::to_string(b + 1) +
                          " (optimizer step " + std::to_string(opt_.steps + 1) + "); training stopped" +
                          (o.checkpoint.empty() ? "" : ", the last good checkpoint is " + o.checkpoint));
-                if (replicas) replicas->begin_backward(params);
-                model_.backward(r.grad);
-                if (replicas) replicas->end_backward();
+                if (replicas) replicas->begin_backward(params, local, sh.global);
+                if (run) {
+                    // The loss is the mean over the global batch: this process's samples weigh
+                    // local / global of it, and a stand-in sample nothing. Scaling the loss
+                    // gradient (not the parameter gradients afterwards) keeps every sum that
+                    // backward takes over the replicas (synchronised BatchNorms') consistent.
+                    if (local != sh.global) {
+                        const float w = float(double(local) / double(sh.global));
+                        for (float& g : r.grad) g *= w;
+                    }
+                    model_.backward(r.grad);
+                }
+                if (replicas) replicas->end_backward(), replicas->idle = false;
                 opt_.lr = ctl.lr;
                 opt_.step(model_);
                 loss_sum += s[0];
@@ -280,6 +330,7 @@ public:
         return history;
     }
 
+public:
     // The resume state: weights and running statistics ("model.*"), optimizer slots
     // ("optim.*"), and in the metadata the phase, epochs done, step, learning rate, seed and
     // every callback's decision state. Written to a temporary file, fsynced, renamed.
