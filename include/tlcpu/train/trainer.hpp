@@ -7,8 +7,10 @@
 // same bits, and a run resumed from a checkpoint continues exactly as if never stopped.
 //
 // With Replicas (data parallelism, train/replicas.hpp) FitOptions::batch stays the global
-// batch: each of R processes trains on its R-th of it, gradients are averaged, metrics are
-// summed, and every process takes the same decisions; only rank 0 writes files.
+// batch: each of R processes trains on its consecutive slice of it (slices differ by at
+// most one sample), the gradients' shares are summed into the global batch's, metrics are
+// summed, and every process takes the same decisions; only rank 0 writes files. fit and
+// evaluate are then collective, and an exception in either ends every process.
 #pragma once
 #include <algorithm>
 #include <chrono>
