@@ -47,6 +47,7 @@ nlohmann::json bench(Net& net, const std::string& which, int batch, int reps, in
     ro.overlap = overlap;
     dist::MPIReplicas world(MPI_COMM_WORLD, ro);
     const int ranks = world.size(), rank = world.rank();
+    // Equal slices keep the benchmark simple (the Trainer takes any batch).
     check(batch % ranks == 0, "--batch " + std::to_string(batch) + " does not split over " + std::to_string(ranks) + " ranks");
     const int local = batch / ranks;
     randomize(net, 1);
@@ -82,7 +83,8 @@ nlohmann::json bench(Net& net, const std::string& which, int batch, int reps, in
         auto r = softmax_cross_entropy(logits, y);
         double s[3] = {r.loss * local, double(r.correct), double(local)};
         world.sum(s);  // what the Trainer sums per step
-        world.begin_backward(params);
+        for (float& g : r.grad) g /= float(ranks);  // this rank's share of the global mean, as the Trainer does
+        world.begin_backward(params, local, batch);
         net.backward(r.grad);
         world.end_backward();
         adam.step(net);
