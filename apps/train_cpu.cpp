@@ -5,6 +5,10 @@
 // weights at a lower learning rate. Both phases use Keras' callbacks (EarlyStopping with
 // best-weight restore, ReduceLROnPlateau, ModelCheckpoint on val_loss). Everything needed
 // to repeat, evaluate or resume the run is written to --out.
+//
+// Built with TLCPU_WITH_MPI it also runs as `mpirun -np N train_cpu ...` (or under srun):
+// every rank trains on its slice of each global batch of --batch, gradients are averaged,
+// rank 0 alone prints and writes, and all ranks take the callbacks' decisions together.
 #include <unistd.h>
 
 #include <filesystem>
@@ -17,6 +21,9 @@
 #include <CLI/CLI.hpp>
 
 #include "common.hpp"
+#ifdef TLCPU_WITH_MPI
+#include <tlcpu/dist/mpi.hpp>
+#endif
 
 namespace fs = std::filesystem;
 using namespace tlcpu;
@@ -29,7 +36,7 @@ struct Config {
     int size = 224, batch = 32, cache_mb = 8192, decode_mb = 0, epochs1 = 20, epochs2 = 20, max_per_class = 0, patience = 4, plateau_patience = 2;
     double val_split = 0.2, lr1 = 2e-4, lr2 = 1e-5, dropout = 0.3, plateau_factor = 0.2, min_lr = 1e-7;
     double rotation = 15, shift = 0.1, zoom = 0.1;
-    bool augment = true, flip = true, resume = false;
+    bool augment = true, flip = true, resume = false, sync_bn = false;
     uint64_t seed = 1;
 };
 
@@ -41,13 +48,17 @@ std::string fmt(double v) {
 
 template <class M>
 std::vector<EpochLogs> phase(M& model, Optimizer& opt, BatchSource& train, BatchSource& val, int number, int epochs,
-                             const Config& c, ModelCheckpoint& best, CSVLogger& csv, std::function<void(const std::string&)> save,
-                             const std::map<std::string, std::string>& meta, const std::string& ckpt, bool resume) {
+                             const Config& c, ModelCheckpoint& best, CSVLogger* csv, std::function<void(const std::string&)> save,
+                             const std::map<std::string, std::string>& meta, const std::string& ckpt, bool resume,
+                             Replicas* replicas) {
     EarlyStopping early({"val_loss", "auto", 0, c.patience, true, 0});
     ReduceLROnPlateau plateau({"val_loss", "auto", c.plateau_factor, c.plateau_patience, 1e-4, 0, c.min_lr, true});
     ProgressBar bar(stdout, false, epochs);
-    Trainer<M> trainer(model, opt, {&best, &early, &plateau, &csv, &bar});
+    std::vector<Callback*> callbacks{&best, &early, &plateau, &bar};
+    if (csv) callbacks.push_back(csv);  // rank 0's
+    Trainer<M> trainer(model, opt, callbacks);
     trainer.save_model = std::move(save);
+    trainer.replicas = replicas;
     FitOptions o;
     o.phase = number;
     o.epochs = epochs;
@@ -67,7 +78,8 @@ std::vector<EpochLogs> phase(M& model, Optimizer& opt, BatchSource& train, Batch
 
 template <Layout L, Depth D>
 void run(const Config& c, const io::SafeTensors& weights, const Preprocessing& pre, const data::DecodedSet& set,
-         const data::Split& split) {
+         const data::Split& split, Replicas* replicas) {
+    const bool rank0 = !replicas || replicas->rank() == 0;
     using Net = Classifier<ResNet50<L, 64, D>, dynamic>;
     const int k = int(set.classes.size());
     auto net = std::make_unique<Net>(k);
@@ -95,6 +107,9 @@ void run(const Config& c, const io::SafeTensors& weights, const Preprocessing& p
         unfreeze(*net, fresh);
         if constexpr (D == Depth::c5) set_bn_mode(net->backbone.template get<4>(), BNMode::batch);
     }
+    // The head's BatchNorm (and fresh layer4's) train with batch statistics: each rank's own
+    // slice by default, as PyTorch's DDP; --sync-bn: the global batch's.
+    if (c.sync_bn) sync_batchnorm(*net, replicas);
 
     std::string classes;
     for (const auto& n : set.classes) classes += (classes.empty() ? "" : ",") + n;
@@ -135,7 +150,9 @@ void run(const Config& c, const io::SafeTensors& weights, const Preprocessing& p
         resume_phase = std::stoi(io::SafeTensors::open(ckpt).meta("phase"));
     }
     ModelCheckpoint best({(out / "best.safetensors").string(), "val_loss", "auto", true});
-    CSVLogger csv((out / "history.csv").string(), {"loss", "accuracy", "val_loss", "val_accuracy", "lr"}, c.resume);
+    std::optional<CSVLogger> history;
+    if (rank0) history.emplace((out / "history.csv").string(), std::vector<std::string>{"loss", "accuracy", "val_loss", "val_accuracy", "lr"}, c.resume);
+    CSVLogger* csv = history ? &*history : nullptr;
 
     // Without augmentation, the part of the backbone that stays frozen through both phases
     // (everything below phase 2's unfrozen block) maps each image to the same activation in
@@ -179,11 +196,11 @@ void run(const Config& c, const io::SafeTensors& weights, const Preprocessing& p
             BatchSource& vs = cached ? static_cast<BatchSource&>(*acts_val) : val;
             TensorSource tf = pooled_features(*net, cut, ts, c.batch), vf = pooled_features(*net, cut, vs, c.batch);
             HeadOnly head(net->head);
-            phase(head, adam, tf, vf, 1, c.epochs1, c, best, csv, save_best, meta, ckpt, resume_phase == 1);
+            phase(head, adam, tf, vf, 1, c.epochs1, c, best, csv, save_best, meta, ckpt, resume_phase == 1, replicas);
         } else if (cached) {
-            phase(from_cut, adam, *acts_train, *acts_val, 1, c.epochs1, c, best, csv, save_best, meta, ckpt, resume_phase == 1);
+            phase(from_cut, adam, *acts_train, *acts_val, 1, c.epochs1, c, best, csv, save_best, meta, ckpt, resume_phase == 1, replicas);
         } else {
-            phase(*net, adam, train, val, 1, c.epochs1, c, best, csv, save_best, meta, ckpt, resume_phase == 1);
+            phase(*net, adam, train, val, 1, c.epochs1, c, best, csv, save_best, meta, ckpt, resume_phase == 1, replicas);
         }
         phase_seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
@@ -195,12 +212,13 @@ void run(const Config& c, const io::SafeTensors& weights, const Preprocessing& p
         std::printf("phase 2 model:\n%s", summary(*net, batch_shape).c_str());
         Adam adam(c.lr2);
         if (cached)
-            phase(from_cut, adam, *acts_train, *acts_val, 2, c.epochs2, c, best, csv, save_best, meta, ckpt, resume_phase == 2);
+            phase(from_cut, adam, *acts_train, *acts_val, 2, c.epochs2, c, best, csv, save_best, meta, ckpt, resume_phase == 2, replicas);
         else
-            phase(*net, adam, train, val, 2, c.epochs2, c, best, csv, save_best, meta, ckpt, resume_phase == 2);
+            phase(*net, adam, train, val, 2, c.epochs2, c, best, csv, save_best, meta, ckpt, resume_phase == 2, replicas);
     }
     phase_seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count());
     acts_train.reset(), acts_val.reset();
+    if (!rank0) return;  // the evaluation and the report are rank 0's
 
     // Evaluate the best model on the validation split.
     {
@@ -249,6 +267,15 @@ void run(const Config& c, const io::SafeTensors& weights, const Preprocessing& p
 }  // namespace
 
 int main(int argc, char** argv) {
+    Replicas* replicas = nullptr;
+#ifdef TLCPU_WITH_MPI
+    dist::Environment mpi(argc, argv);
+    dist::MPIReplicas world;
+    if (world.size() > 1) replicas = &world;
+    // Rank 0 speaks for the job; the others' errors still reach stderr.
+    if (world.rank() != 0 && !std::freopen("/dev/null", "w", stdout)) dist::abort("cannot silence stdout");
+#endif
+    const bool rank0 = !replicas || replicas->rank() == 0;
     std::setvbuf(stdout, nullptr, _IOLBF, 0);  // progress shows up line by line in a log too
     Config c;
     CLI::App app{"Two-phase transfer learning of an ImageNet ResNet-50 on a folder of class subfolders"};
@@ -266,7 +293,12 @@ int main(int argc, char** argv) {
         ->check(CLI::IsMember({"auto", "caffe", "torch"}))->capture_default_str();
     app.add_option("--size", c.size, "Input side in pixels")->capture_default_str();
     app.add_option("--resize", c.resize, "antialias, or nearest (Keras' default)")->check(CLI::IsMember({"antialias", "nearest"}))->capture_default_str();
+#ifdef TLCPU_WITH_MPI
+    app.add_option("--batch", c.batch, "Global batch size, split over the MPI ranks")->capture_default_str();
+    app.add_flag("--sync-bn", c.sync_bn, "BatchNorms that train with batch statistics use the global batch's (an allreduce per layer) instead of each rank's own");
+#else
     app.add_option("--batch", c.batch, "Batch size")->capture_default_str();
+#endif
     app.add_option("--val-split", c.val_split, "Fraction of each class held out for validation")->capture_default_str();
     app.add_option("--split", c.split, "stratified (seeded) or keras (first files of each class)")->check(CLI::IsMember({"stratified", "keras"}))->capture_default_str();
     app.add_option("--seed", c.seed, "Seed of the split, shuffles, augmentation, dropout and fresh weights")->capture_default_str();
@@ -300,7 +332,7 @@ int main(int argc, char** argv) {
 
     try {
         fs::create_directories(c.out);
-        {
+        if (rank0) {
             std::ofstream cfg(fs::path(c.out) / "config.toml");
             cfg << app.config_to_str(true, false);
             check(bool(cfg), c.out + "/config.toml: cannot write");
@@ -330,23 +362,29 @@ int main(int argc, char** argv) {
         const auto t0 = std::chrono::steady_clock::now();
         const auto set = data::decode_folder(folder, dopt);
         std::printf("tlcpu train_cpu: %zu images in %zu classes decoded in %.1f s (%zu unreadable, %d excluded), %.0f MB cached; "
-                    "ResNet-50 %s, layout %s, %s preprocessing, frozen layers in %s, %d threads\n",
+                    "ResNet-50 %s, layout %s, %s preprocessing, frozen layers in %s, %d threads%s\n",
                     set.files.size(), set.classes.size(),
                     std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), set.skipped.size(),
                     set.excluded, double(set.bytes()) / 1e6, c5 ? "c5" : "c4", layout == Layout::v1 ? "v1" : "v1.5",
-                    pre.mode == Preprocess::caffe ? "caffe" : "torch", c.frozen_precision.c_str(), omp_get_max_threads());
+                    pre.mode == Preprocess::caffe ? "caffe" : "torch", c.frozen_precision.c_str(), omp_get_max_threads(),
+                    replicas ? (" x " + std::to_string(replicas->size()) + " MPI ranks").c_str() : "");
         const int k = int(set.classes.size());
         const auto split = c.split == "keras" ? data::split_keras(set.files, k, c.val_split)
                                               : data::split_stratified(set.files, k, c.val_split, c.seed);
         check(!split.train.empty() && !split.val.empty(), "the split left no training or no validation images");
-        data::write_split_tsv((fs::path(c.out) / "split.tsv").string(), set, split, c.data);
+        if (rank0) data::write_split_tsv((fs::path(c.out) / "split.tsv").string(), set, split, c.data);
         std::printf("split: %zu train, %zu validation\n", split.train.size(), split.val.size());
 
         if (layout == Layout::v1)
-            c5 ? run<Layout::v1, Depth::c5>(c, weights, pre, set, split) : run<Layout::v1, Depth::c4>(c, weights, pre, set, split);
+            c5 ? run<Layout::v1, Depth::c5>(c, weights, pre, set, split, replicas)
+               : run<Layout::v1, Depth::c4>(c, weights, pre, set, split, replicas);
         else
-            c5 ? run<Layout::v1_5, Depth::c5>(c, weights, pre, set, split) : run<Layout::v1_5, Depth::c4>(c, weights, pre, set, split);
+            c5 ? run<Layout::v1_5, Depth::c5>(c, weights, pre, set, split, replicas)
+               : run<Layout::v1_5, Depth::c4>(c, weights, pre, set, split, replicas);
     } catch (const std::exception& e) {
+#ifdef TLCPU_WITH_MPI
+        if (replicas) dist::abort(e.what());  // the other ranks may be waiting in a collective
+#endif
         std::fprintf(stderr, "error: %s\n", e.what());
         return 1;
     }

@@ -14,6 +14,12 @@ tlcpu_find_dependency(Eigen3 3.3 NO_MODULE)
 tlcpu_find_dependency(dnnl 2.6)
 tlcpu_find_dependency(OpenMP)
 tlcpu_find_dependency(nlohmann_json 3)
+# Only the C API is used; skipping the C++ bindings (deprecated, and absent from MPICH builds
+# without them) keeps any MPI-3 library good enough.
+if(TLCPU_WITH_MPI)
+  set(MPI_CXX_SKIP_MPICXX ON)
+  tlcpu_find_dependency(MPI 3 COMPONENTS CXX)
+endif()
 
 # Debian's libstb-dev ships the implementations compiled into libstb.a, so no
 # translation unit of ours has to define STB_IMAGE_IMPLEMENTATION.

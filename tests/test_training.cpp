@@ -13,33 +13,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-using Tiny = Classifier<ResNet50<Layout::v1_5, 4>, 4>;
-
-// Four classes told apart by where a bright square sits, on noise. 32x32 keeps it fast.
-TensorSource synthetic(int n, uint64_t seed) {
-    Tensor x({n, 3, 32, 32});
-    std::vector<int> y(static_cast<size_t>(n));
-    for (int i = 0; i < n; ++i) {
-        const int c = i % 4;
-        y[size_t(i)] = c;
-        for (int64_t j = 0; j < 3 * 32 * 32; ++j) x[i * 3072 + j] = 0.3f * normal01(seed, uint64_t(i), uint64_t(j));
-        const int r0 = (c / 2) * 16 + 4, c0 = (c % 2) * 16 + 4;
-        for (int ch = 0; ch < 3; ++ch)
-            for (int r = r0; r < r0 + 8; ++r)
-                for (int q = c0; q < c0 + 8; ++q) x[((int64_t(i) * 3 + ch) * 32 + r) * 32 + q] += 1.5f;
-    }
-    return TensorSource(std::move(x), std::move(y));
-}
-
-std::unique_ptr<Tiny> fresh(uint64_t seed) {
-    auto net = std::make_unique<Tiny>();
-    net->visit("", [&](const std::string& n, Param& p) {
-        if (p.value.rank() > 1) init_he_normal(p.value, seed, hash_name(n));
-        p.touch();
-    });
-    set_bn_mode(net->backbone, BNMode::batch);  // from scratch, so batch statistics
-    return net;
-}
+using Tiny = test::TinyNet;
+using test::fresh_tiny;
+using test::synthetic_squares;
 
 template <class L>
 uint64_t runs(L& layer) {
@@ -68,11 +44,11 @@ struct TempDir {
 }  // namespace
 
 TEST_CASE("frozen layers compute no gradient and no backward primitive runs below the last trainable one") {
-    auto data = synthetic(8, 1);
+    auto data = synthetic_squares(8, 1);
     Tensor x;
     std::vector<int> y;
     data.load({0, 1, 2, 3, 4, 5, 6, 7}, 0, x, y);
-    auto net = fresh(3);
+    auto net = fresh_tiny(3);
     set_bn_mode(net->backbone, BNMode::inference);
 
     freeze_all(*net);
@@ -113,8 +89,8 @@ TEST_CASE("frozen layers compute no gradient and no backward primitive runs belo
 }
 
 TEST_CASE("the tiny network fits a small 4-class problem to 100% training accuracy") {
-    auto data = synthetic(32, 7);
-    auto net = fresh(11);
+    auto data = synthetic_squares(32, 7);
+    auto net = fresh_tiny(11);
     Adam adam(1e-2);
     ReduceLROnPlateau::Options ro;  // anneal on the training loss, so the last epochs settle
     ro.monitor = "loss";
@@ -138,9 +114,9 @@ TEST_CASE("the tiny network fits a small 4-class problem to 100% training accura
 
 TEST_CASE("same seed, same threads: bit-identical weights; a resumed run equals an uninterrupted one") {
     TempDir dir;
-    auto data = synthetic(24, 3), val = synthetic(8, 4);
+    auto data = synthetic_squares(24, 3), val = synthetic_squares(8, 4);
     auto run = [&](int epochs, const std::string& ckpt, const std::string& resume_from, uint64_t seed) {
-        auto net = fresh(seed);
+        auto net = fresh_tiny(seed);
         net->head.drop.p = 0.3f;  // dropout masks must replay too
         Adam adam(2e-3);
         ReduceLROnPlateau::Options ro;
@@ -177,8 +153,8 @@ TEST_CASE("same seed, same threads: bit-identical weights; a resumed run equals 
 
 TEST_CASE("a non-finite loss stops training with a message naming the step; the checkpoint survives") {
     TempDir dir;
-    auto data = synthetic(16, 5);
-    auto net = fresh(1);
+    auto data = synthetic_squares(16, 5);
+    auto net = fresh_tiny(1);
     Adam adam(1e-3);
     Trainer<Tiny> trainer(*net, adam);
     FitOptions o;
@@ -201,4 +177,54 @@ TEST_CASE("a non-finite loss stops training with a message naming the step; the 
     const auto still = io::SafeTensors::open(o.checkpoint);
     CHECK(still.meta("epochs_done") == "1");
     CHECK(max_rel_diff(still.get("model.head_fc.bias"), good.get("model.head_fc.bias")) == 0.0);
+}
+
+TEST_CASE("shards: consecutive slices of each global batch, the last short one included, whose union is that batch") {
+    std::vector<int64_t> order(30);
+    for (int64_t i = 0; i < 30; ++i) order[size_t(i)] = (i * 7) % 30;  // any permutation
+    // One process: the plain batches, the last one short.
+    const auto one = shard_batches(order, 12, 0, 1);
+    REQUIRE(one.size() == 3);
+    CHECK(one[2].indices == std::vector<int64_t>(order.begin() + 24, order.end()));
+    CHECK(one[2].global == 6);
+    for (int ranks : {2, 3, 4, 7, 8}) {  // 12 and 6 split unevenly over some, and 6 < 7, 8
+        std::vector<std::vector<Shard>> shards;
+        for (int r = 0; r < ranks; ++r) shards.push_back(shard_batches(order, 12, r, ranks));
+        for (size_t b = 0; b < one.size(); ++b) {
+            std::vector<int64_t> joined;
+            for (int r = 0; r < ranks; ++r) {
+                const Shard& s = shards[size_t(r)][b];
+                const int64_t len = int64_t(one[b].indices.size());
+                CHECK(int64_t(s.indices.size()) == len * (r + 1) / ranks - len * r / ranks);
+                CHECK(s.first == int64_t(joined.size()));  // its place in the global batch
+                CHECK(s.global == len);
+                CHECK(s.lead == one[b].indices[0]);
+                joined.insert(joined.end(), s.indices.begin(), s.indices.end());
+            }
+            CHECK(joined == one[b].indices);  // every sample trains, once
+        }
+    }
+    // 8 ranks, last batch of 6: ranks 0 and 4 get nothing, but still have the batch.
+    const auto empty = shard_batches(order, 12, 4, 8);
+    REQUIRE(empty.size() == 3);
+    CHECK(empty[2].indices.empty());
+    CHECK(shard_batches(order, 12, 5, 8)[2].indices == std::vector<int64_t>{order[27]});
+}
+
+TEST_CASE("dropout: a sample's mask depends on its place in the global batch, not on who computes it") {
+    Tensor x({6, 5}, 1.f);
+    Dropout whole;
+    whole.p = 0.5f;
+    whole.seed = 3;
+    whole.step = 9;
+    const Tensor all = whole.forward(x, Mode::training);
+    Tensor half({3, 5}, 1.f);
+    Dropout second = whole;
+    second.first = 3;  // the second of two processes
+    const Tensor& part = second.forward(half, Mode::training);
+    for (int64_t i = 0; i < 15; ++i) CHECK(part[i] == all[15 + i]);
+    int zeros = 0;
+    for (int64_t i = 0; i < 30; ++i) zeros += all[i] == 0.f;
+    CHECK(zeros > 0);
+    CHECK(zeros < 30);
 }

@@ -10,6 +10,7 @@ packages=(
   ocl-icd-opencl-dev    # Debian's dnnl-config.cmake does find_package(OpenCL REQUIRED);
                         # it is only a Recommends of libdnnl-dev, which we skip
   libeigen3-dev libcli11-dev doctest-dev nlohmann-json3-dev libstb-dev
+  libopenmpi-dev openmpi-bin  # data parallelism (TLCPU_WITH_MPI): the mpi tests and bench
   python3 python3-torch python3-torchvision python3-numpy  # bench/ and fixture regeneration
 )
 

@@ -1,4 +1,5 @@
-// tlcpu: transfer learning on CPUs. The whole library in one include.
+// tlcpu: transfer learning on CPUs. The whole library in one include (but for dist/mpi.hpp,
+// which needs MPI and is included on its own).
 #pragma once
 #include "tlcpu/core/error.hpp"
 #include "tlcpu/core/param.hpp"
@@ -18,6 +19,7 @@
 #include "tlcpu/train/callbacks.hpp"
 #include "tlcpu/train/freeze.hpp"
 #include "tlcpu/train/loss.hpp"
+#include "tlcpu/train/replicas.hpp"
 #include "tlcpu/train/trainer.hpp"
 #include "tlcpu/train/feature_cache.hpp"
 #include "tlcpu/io/safetensors.hpp"

@@ -1,8 +1,12 @@
 // tlcpu: batch normalisation. BatchNorm2d runs as a oneDNN primitive on the backbone's
 // activations; BatchNorm1d is the head's, on a plain [N, C] tensor with Eigen.
 #pragma once
+#include <algorithm>
 #include <cmath>
+#include <functional>
+#include <span>
 #include <string>
+#include <vector>
 
 #include <Eigen/Core>
 
@@ -24,6 +28,23 @@ struct BNConfig {
     BNMode mode = BNMode::inference;
 };
 
+// Synchronised batch statistics under data parallelism: sums a buffer in place over every
+// process training the model. A BatchNorm in batch mode that has one normalises with the
+// statistics of the global batch (sums and sums of squares), and its backward sums the two
+// per-channel reductions the same way, so the result is that of one process holding the
+// whole batch. Empty (the default, as in PyTorch's DDP): each process's own batch.
+using SumAcross = std::function<void(std::span<double>)>;
+
+// Per-channel mean and biased variance from summed statistics: s holds C sums of x, then C
+// sums of x squared, over `count` values (a synchronised BatchNorm's global batch).
+inline void mean_var_from_sums(std::span<const double> s, int C, double count, float* mean, float* var) {
+    for (int c = 0; c < C; ++c) {
+        const double m = s[size_t(c)] / count;
+        mean[c] = float(m);
+        var[c] = float(std::max(0.0, s[size_t(C + c)] / count - m * m));
+    }
+}
+
 template <int C>
 class BatchNorm2d {
     static_assert(C > 0, "tlcpu: BatchNorm2d needs a positive channel count");
@@ -34,6 +55,7 @@ public:
     Param weight{{C}, 1.f}, bias{{C}, 0.f};
     Param running_mean{{C}, 0.f, ParamKind::buffer}, running_var{{C}, 1.f, ParamKind::buffer};
     BNConfig config;
+    SumAcross sync;
 
     template <class F>
     void visit(const std::string& prefix, F&& f) {
@@ -46,15 +68,23 @@ public:
     bool uses_batch_stats(Mode mode) const { return mode == Mode::training && config.mode == BNMode::batch; }
 
     const dnnl::memory& forward(const dnnl::memory& x, Mode mode) {
-        const bool batch = uses_batch_stats(mode);
-        Plan& p = plans_.get(x.get_desc(), mode, [&] { return make(x.get_desc(), mode, batch); });
-        std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, x}, {DNNL_ARG_DST, p.dst}};
-        add_stats(args, p);
-        Backend::get().run(p.prim, args);
-        if (batch) update_running(p, x.get_desc().dims());
-        p.src = x;
-        last_ = &p;
-        return p.dst;
+        const bool batch = uses_batch_stats(mode), synced = batch && bool(sync);
+        auto make_plan = [&] { return make(x.get_desc(), mode, batch, synced); };
+        Plan* p = &plans_.get(x.get_desc(), mode, make_plan);
+        if (p->batch != batch || p->synced != synced) {  // the mode or sync changed since the plan was made
+            plans_.clear();
+            p = &plans_.get(x.get_desc(), mode, make_plan);
+        }
+        const dims d = x.get_desc().dims();
+        double count = double(d[0] * d[2] * d[3]);
+        if (synced) count = global_stats(*p, x);
+        std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, x}, {DNNL_ARG_DST, p->dst}};
+        add_stats(args, *p);
+        Backend::get().run(p->prim, args);
+        if (batch) update_running(*p, count);
+        p->src = x;
+        last_ = p;
+        return p->dst;
     }
     const dnnl::memory& output() const { return last_->dst; }
 
@@ -83,6 +113,7 @@ public:
                                                    {DNNL_ARG_DIFF_SHIFT, view(grad_of(bias))}};
         add_stats(args, p);
         Backend::get().run(b.prim, args);
+        if (p.synced && need_dx) correct_synced_dx(p);
         return need_dx ? &b.diff_src : nullptr;
     }
 
@@ -97,7 +128,9 @@ private:
         dnnl::batch_normalization_forward prim;
         dnnl::memory dst, mean, var, src;  // mean/var: this batch's statistics (batch mode)
         dnnl::normalization_flags flags;
-        bool batch = false;
+        bool batch = false, synced = false;
+        Tensor x_plain;   // synced: the input in NCHW, for the statistics and backward's correction
+        double count = 0; // synced: samples x pixels of the global batch
         Mode mode = Mode::inference;
         std::unique_ptr<Backward> bwd;
     };
@@ -109,11 +142,14 @@ private:
         args[DNNL_ARG_VARIANCE] = p.batch ? p.var : view(running_var.value);
     }
 
-    Plan make(const dnnl::memory::desc& xd, Mode mode, bool batch) const {
+    // Synced plans hand oneDNN the global statistics as if they were running ones; backward
+    // then treats them as constants, and correct_synced_dx adds what their dependence on x
+    // contributes.
+    Plan make(const dnnl::memory::desc& xd, Mode mode, bool batch, bool synced) const {
         dims d = xd.dims();
         check(d.size() == 4 && d[1] == C, "BatchNorm2d<" + std::to_string(C) + "> got input " + to_string(d));
         auto flags = dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift;
-        if (!batch) flags = flags | dnnl::normalization_flags::use_global_stats;
+        if (!batch || synced) flags = flags | dnnl::normalization_flags::use_global_stats;
         auto prop = mode == Mode::training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
         auto& eng = Backend::get().engine();
         Plan p;
@@ -122,6 +158,7 @@ private:
         p.dst = dnnl::memory(p.pd.dst_desc(), eng);
         p.flags = flags;
         p.batch = batch;
+        p.synced = synced;
         p.mode = mode;
         if (batch) {
             p.mean = dnnl::memory(p.pd.mean_desc(), eng);
@@ -130,9 +167,65 @@ private:
         return p;
     }
 
-    void update_running(Plan& p, const dims& d) {
+    // Per-channel sum and sum of squares of x, summed over the processes, into p.mean and
+    // p.var (biased, as batch normalisation uses it). Returns the global count.
+    double global_stats(Plan& p, const dnnl::memory& x) {
+        const dims d = x.get_desc().dims();
+        const int64_t n = d[0], hw = d[2] * d[3];
+        if (p.x_plain.shape() != Shape{n, C, d[2], d[3]}) p.x_plain = Tensor({n, C, d[2], d[3]});
+        reorder(x, view(p.x_plain));
         Backend::get().wait();
-        const double n = double(d[0] * d[2] * d[3]);
+        std::vector<double> s(2 * C + 1, 0.0);
+        const float* xp = p.x_plain.data();
+#pragma omp parallel for
+        for (int c = 0; c < C; ++c)
+            for (int64_t i = 0; i < n; ++i)
+                for (const float* v = xp + (i * C + c) * hw; v != xp + (i * C + c + 1) * hw; ++v) {
+                    s[size_t(c)] += *v;
+                    s[size_t(C + c)] += double(*v) * *v;
+                }
+        s[2 * C] = double(n * hw);
+        sync(s);
+        p.count = s[2 * C];
+        check(p.count > 1, "BatchNorm2d with synchronised statistics needs more than one value per channel in the global batch");
+        mean_var_from_sums(s, C, p.count, static_cast<float*>(p.mean.get_data_handle()),
+                           static_cast<float*>(p.var.get_data_handle()));
+        return p.count;
+    }
+
+    // oneDNN's backward with the statistics as constants gave dx0 = dy gamma inv_std and the
+    // local sums of dy xhat and dy (the parameter gradients). The statistics' dependence on
+    // every process's x adds -gamma inv_std / M (sum dy + xhat sum dy xhat), sums global.
+    void correct_synced_dx(Plan& p) {
+        Backward& b = *p.bwd;
+        Backend::get().wait();
+        std::vector<double> s(2 * C);
+        for (int c = 0; c < C; ++c) s[size_t(c)] = weight.grad[c], s[size_t(C + c)] = bias.grad[c];
+        sync(s);
+        const Shape shape = p.x_plain.shape();
+        const int64_t n = shape[0], hw = shape[2] * shape[3];
+        if (dx_plain_.shape() != shape) dx_plain_ = Tensor(shape);
+        reorder(b.diff_src, view(dx_plain_));
+        Backend::get().wait();
+        const float* mean = static_cast<const float*>(p.mean.get_data_handle());
+        const float* var = static_cast<const float*>(p.var.get_data_handle());
+#pragma omp parallel for
+        for (int c = 0; c < C; ++c) {
+            const float inv_std = 1.f / std::sqrt(var[c] + config.eps);
+            const float k = float(weight.value[c] * inv_std / p.count);
+            const float sum_dy = float(s[size_t(C + c)]), sum_dy_xhat = float(s[size_t(c)]);
+            for (int64_t i = 0; i < n; ++i) {
+                const float* x = p.x_plain.data() + (i * C + c) * hw;
+                float* dx = dx_plain_.data() + (i * C + c) * hw;
+                for (int64_t j = 0; j < hw; ++j) dx[j] -= k * (sum_dy + (x[j] - mean[c]) * inv_std * sum_dy_xhat);
+            }
+        }
+        reorder(view(dx_plain_), b.diff_src);
+        Backend::get().wait();
+    }
+
+    void update_running(Plan& p, double n) {
+        Backend::get().wait();
         const float m = config.momentum, unbias = n > 1 ? float(n / (n - 1)) : 1.f;
         const float* bm = static_cast<const float*>(p.mean.get_data_handle());
         const float* bv = static_cast<const float*>(p.var.get_data_handle());
@@ -146,6 +239,7 @@ private:
 
     PlanCache<Plan> plans_;
     Plan* last_ = nullptr;
+    Tensor dx_plain_;
 };
 
 // The head's BatchNorm over features [N, C]. Training mode normalises with the batch's
@@ -159,6 +253,7 @@ public:
     Param weight{{C}, 1.f}, bias{{C}, 0.f};
     Param running_mean{{C}, 0.f, ParamKind::buffer}, running_var{{C}, 1.f, ParamKind::buffer};
     BNConfig config{1e-5f, 0.1f, BNMode::batch};
+    SumAcross sync;
 
     template <class F>
     void visit(const std::string& prefix, F&& f) {
@@ -176,14 +271,31 @@ public:
         Eigen::Map<const Mat> X(x.data(), n, C);
         Row mean, var;
         const bool batch = mode == Mode::training && config.mode == BNMode::batch;
-        if (batch) {
+        count_ = double(n);
+        if (batch && sync) {
+            std::vector<double> s(2 * C + 1, 0.0);
+            for (int64_t i = 0; i < n; ++i)
+                for (int c = 0; c < C; ++c) {
+                    const double v = X(i, c);
+                    s[size_t(c)] += v;
+                    s[size_t(C + c)] += v * v;
+                }
+            s[2 * C] = double(n);
+            sync(s);
+            count_ = s[2 * C];
+            check(count_ > 1, "BatchNorm1d with synchronised statistics needs more than one sample in the global batch");
+            mean.resize(C), var.resize(C);
+            mean_var_from_sums(s, C, count_, mean.data(), var.data());
+        } else if (batch) {
             check(n > 1, "BatchNorm1d in batch mode needs more than one sample per batch");
             mean = X.colwise().mean().array();
             var = (X.rowwise() - mean.matrix()).array().square().colwise().mean();
+        }
+        if (batch) {
             const float m = config.momentum;
             Eigen::Map<Row> rm(running_mean.value.data(), C), rv(running_var.value.data(), C);
             rm = (1 - m) * rm + m * mean;
-            rv = (1 - m) * rv + m * var * float(double(n) / double(n - 1));
+            rv = (1 - m) * rv + m * var * float(count_ / (count_ - 1));
             running_mean.touch();
             running_var.touch();
         } else {
@@ -220,8 +332,15 @@ public:
         const Row g = Eigen::Map<const Row>(weight.value.data(), C);
         const Mat dxhat = DY.rowwise() * g;
         if (batch_) {
-            const Row s1 = dxhat.colwise().sum(), s2 = (dxhat * XH).colwise().sum();
-            DX = ((dxhat * float(n)).rowwise() - s1 - (XH.rowwise() * s2)).rowwise() * (inv_std_ / float(n));
+            Row s1 = dxhat.colwise().sum(), s2 = (dxhat * XH).colwise().sum();
+            if (sync) {  // the global batch's sums, and its count, from the forward
+                std::vector<double> s(2 * C);
+                for (int c = 0; c < C; ++c) s[size_t(c)] = s1[c], s[size_t(C + c)] = s2[c];
+                sync(s);
+                for (int c = 0; c < C; ++c) s1[c] = float(s[size_t(c)]), s2[c] = float(s[size_t(C + c)]);
+            }
+            const float m = float(count_);
+            DX = ((dxhat * m).rowwise() - s1 - (XH.rowwise() * s2)).rowwise() * (inv_std_ / m);
         } else {
             DX = dxhat.rowwise() * inv_std_;
         }
@@ -232,6 +351,7 @@ private:
     Tensor y_, xhat_, dx_;
     Eigen::Array<float, 1, Eigen::Dynamic> inv_std_;
     bool batch_ = false;
+    double count_ = 0;  // samples the statistics came from: the global batch when synced
 };
 
 }  // namespace tlcpu

@@ -75,6 +75,9 @@ public:
     float p = 0.f;
     uint64_t seed = 0;
     uint64_t step = 0;  // advanced by the trainer each batch
+    // This process's first sample within the global batch: with data parallelism each
+    // sample keeps the mask it would get in a single process holding the whole batch.
+    int64_t first = 0;
 
     template <class F>
     void visit(const std::string&, F&&) {}
@@ -88,8 +91,9 @@ public:
         if (y_.shape() != x.shape()) y_ = Tensor(x.shape());
         if (mask_.shape() != x.shape()) mask_ = Tensor(x.shape());
         const float keep = 1.f / (1.f - p);
+        const int64_t offset = first * (x.size() / std::max<int64_t>(x.dim(0), 1));
         for (int64_t i = 0; i < x.size(); ++i) {
-            mask_[i] = uniform01(seed, 0xD50Full + step, uint64_t(i)) < p ? 0.f : keep;
+            mask_[i] = uniform01(seed, 0xD50Full + step, uint64_t(offset + i)) < p ? 0.f : keep;
             y_[i] = x[i] * mask_[i];
         }
         out_ = &y_;

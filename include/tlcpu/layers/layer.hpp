@@ -10,6 +10,7 @@
 #pragma once
 #include <algorithm>
 #include <cstddef>
+#include <functional>
 #include <string>
 #include <string_view>
 
@@ -77,6 +78,29 @@ void for_each_layer(L& l, F&& f) {
         l.each(f);
     else
         f(l);
+}
+
+// Data parallelism starts averaging a block's gradients while the blocks below it are still
+// in backward. Backward reports each finished block here with the block's first parameter
+// (in visit order): every parameter from that one on is then final. Empty: nobody listens.
+inline std::function<void(Param&)>& gradients_ready_hook() {
+    static std::function<void(Param&)> hook;
+    return hook;
+}
+// Who installed the hook (it is one global): only they clear it.
+inline const void*& gradients_ready_owner() {
+    static const void* owner = nullptr;
+    return owner;
+}
+template <class L>
+void gradients_ready(L& l) {
+    auto& hook = gradients_ready_hook();
+    if (!hook) return;
+    Param* first = nullptr;
+    l.visit("", [&](const std::string&, Param& p) {
+        if (!first) first = &p;
+    });
+    if (first) hook(*first);
 }
 
 template <class L>

@@ -104,7 +104,9 @@ public:
     // Gradients of every trainable parameter for dL/dlogits, after a Mode::training forward.
     void backward(const Tensor& dlogits) {
         const bool into_backbone = trainable(backbone);
-        if (const dnnl::memory* g = head.backward(dlogits, into_backbone)) backbone.backward(*g, false);
+        const dnnl::memory* g = head.backward(dlogits, into_backbone);
+        gradients_ready(head);
+        if (g) backbone.backward(*g, false);
         Backend::get().wait();
     }
 };

@@ -190,6 +190,7 @@ public:
         for (int i = n - 1; i >= 0; --i) {
             if (!below[size_t(i)] && !block_trainable(i)) break;
             g = i == 0 ? first.backward(*g, below[0]) : rest[size_t(i - 1)].backward(*g, below[size_t(i)]);
+            with_block(i, [](auto& b) { gradients_ready(b); });
             if (!below[size_t(i)]) break;
         }
         return need_dx ? g : nullptr;

@@ -5,6 +5,12 @@
 // Everything random is a function of (seed, phase, epoch, index), and every reduction runs
 // in a fixed order for a given thread count, so the same seed and thread count give the
 // same bits, and a run resumed from a checkpoint continues exactly as if never stopped.
+//
+// With Replicas (data parallelism, train/replicas.hpp) FitOptions::batch stays the global
+// batch: each of R processes trains on its consecutive slice of it (slices differ by at
+// most one sample), the gradients' shares are summed into the global batch's, metrics are
+// summed, and every process takes the same decisions; only rank 0 writes files. fit and
+// evaluate are then collective, and an exception in either ends every process.
 #pragma once
 #include <algorithm>
 #include <chrono>
@@ -23,6 +29,7 @@
 #include "tlcpu/optim/optimizer.hpp"
 #include "tlcpu/train/callbacks.hpp"
 #include "tlcpu/train/loss.hpp"
+#include "tlcpu/train/replicas.hpp"
 
 namespace tlcpu {
 
@@ -35,6 +42,31 @@ public:
     // The epoch's batches, in order, before the first load(): a source may prepare them in
     // the background while the model computes.
     virtual void plan(const std::vector<std::vector<int64_t>>& /*batches*/, int /*epoch*/) {}
+};
+
+// Samples [begin, begin + n) of another source: one replica's part of a validation set.
+class SliceSource : public BatchSource {
+public:
+    SliceSource(BatchSource& src, int64_t begin, int64_t n) : src_(src), begin_(begin), n_(n) {
+        check(begin >= 0 && n >= 0 && begin + n <= src.size(), "SliceSource: slice outside the source");
+    }
+    int64_t size() const override { return n_; }
+    void load(const std::vector<int64_t>& idx, int epoch, Tensor& x, std::vector<int>& y) override {
+        src_.load(shifted(idx), epoch, x, y);
+    }
+    void plan(const std::vector<std::vector<int64_t>>& batches, int epoch) override {
+        std::vector<std::vector<int64_t>> b;
+        for (const auto& i : batches) b.push_back(shifted(i));
+        src_.plan(b, epoch);
+    }
+
+private:
+    std::vector<int64_t> shifted(std::vector<int64_t> idx) const {
+        for (auto& i : idx) i += begin_;
+        return idx;
+    }
+    BatchSource& src_;
+    int64_t begin_, n_;
 };
 
 // Samples already in memory as one [N, ...] tensor: images, or cached features.
@@ -129,13 +161,15 @@ void set_weights(Model& m, const std::vector<Tensor>& w) {
     check(i == w.size(), "set_weights: snapshot has " + std::to_string(w.size()) + " tensors, model " + std::to_string(i));
 }
 
-// Seeds every Dropout so its mask is a function of (seed, step), not of call history.
+// Seeds every Dropout so its mask is a function of (seed, step, sample's place in the
+// global batch), not of call history or of how many processes share the batch.
 template <class Model>
-void seed_dropout(Model& m, uint64_t seed, uint64_t step) {
+void seed_dropout(Model& m, uint64_t seed, uint64_t step, int64_t first = 0) {
     for_each_layer(m, [&](auto& l) {
         if constexpr (std::is_base_of_v<Dropout, std::remove_cvref_t<decltype(l)>>) {
             l.seed = seed;
             l.step = step;
+            l.first = first;
         }
     });
 }
@@ -147,72 +181,139 @@ public:
         : model_(model), opt_(opt), callbacks_(std::move(callbacks)) {}
 
     std::function<void(const std::string& path)> save_model;  // what ModelCheckpoint calls
+    Replicas* replicas = nullptr;  // data parallelism; null: this process alone
 
+    // With replicas each evaluates a consecutive R-th of the data; the sums are combined.
+    // Then evaluate is collective: every replica must call it, with the same data size.
+    // An exception on any replica ends every replica's process (Replicas::abort).
     Metrics evaluate(BatchSource& data, int batch) {
-        Metrics m;
-        double total = 0;
-        int64_t correct = 0;
-        for_each_batch(data, batch, [&](int64_t, const Tensor& x, const std::vector<int>& y) {
-            auto r = softmax_cross_entropy(model_.forward(x, Mode::inference), y);
-            total += r.loss * double(y.size());
-            correct += r.correct;
-        });
-        m.n = data.size();
-        m.loss = m.n ? total / double(m.n) : 0;
-        m.accuracy = m.n ? double(correct) / double(m.n) : 0;
-        return m;
+        return collective([&] { return evaluate_here(data, batch); });
     }
 
     // Trains one phase; returns each epoch's logs. `from` continues a checkpointed phase.
+    // With replicas fit is collective, and an exception on any replica ends every
+    // replica's process (Replicas::abort) rather than leave the others in a collective.
     std::vector<EpochLogs> fit(BatchSource& train, BatchSource* val, const FitOptions& o, ResumePoint from = {}) {
+        return collective([&] { return fit_here(train, val, o, from); });
+    }
+
+private:
+    template <class F>
+    auto collective(F&& f) {
+        if (!replicas) return f();
+        try {
+            return f();
+        } catch (const std::exception& e) {
+            replicas->abort(e.what());
+            throw;
+        }
+    }
+
+    Metrics evaluate_here(BatchSource& data, int batch) {
+        const int64_t ranks = replicas ? replicas->size() : 1, rank = replicas ? replicas->rank() : 0;
+        const int64_t begin = data.size() * rank / ranks, end = data.size() * (rank + 1) / ranks;
+        SliceSource part(data, begin, end - begin);
+        double s[3] = {0, 0, double(end - begin)};  // loss sum, correct, samples
+        if (part.size() > 0)
+            for_each_batch(part, batch, [&](int64_t, const Tensor& x, const std::vector<int>& y) {
+                auto r = softmax_cross_entropy(model_.forward(x, Mode::inference), y);
+                s[0] += r.loss * double(y.size());
+                s[1] += r.correct;
+            });
+        if (replicas) replicas->sum(s);
+        Metrics m;
+        m.n = int64_t(s[2]);
+        m.loss = m.n ? s[0] / double(m.n) : 0;
+        m.accuracy = m.n ? s[1] / double(m.n) : 0;
+        return m;
+    }
+
+    std::vector<EpochLogs> fit_here(BatchSource& train, BatchSource* val, const FitOptions& o, ResumePoint from) {
         check(o.batch > 0 && o.epochs >= 0, "fit: batch must be positive and epochs non-negative");
         check(train.size() > 0, "fit: the training set is empty");
+        const int ranks = replicas ? replicas->size() : 1, rank = replicas ? replicas->rank() : 0;
         TrainControl ctl;
         ctl.lr = opt_.lr;
         ctl.get_weights = [&] { return get_weights(model_); };
         ctl.set_weights = [&](const std::vector<Tensor>& w) { set_weights(model_, w); };
         ctl.save_model = save_model;
+        if (rank != 0) ctl.save_model = [](const std::string&) {};  // callbacks decide everywhere, rank 0 writes
+        if (replicas) broadcast_model();
+        std::vector<Param*> params;
+        model_.visit("", [&](const std::string&, Param& p) { params.push_back(&p); });
         const bool resumed = from.phase == o.phase && from.epochs_done > 0;
         for (auto* c : callbacks_) c->on_phase_begin(o.phase, ctl);
         if (resumed) restore_callbacks();
         std::vector<EpochLogs> history;
         Tensor x;
         std::vector<int> y;
-        const int64_t n = train.size(), batches = (n + o.batch - 1) / o.batch;
+        const int64_t n = train.size();
         for (int epoch = resumed ? from.epochs_done : 0; epoch < o.epochs && !(resumed && from.stopped); ++epoch) {
             const auto t0 = std::chrono::steady_clock::now();
             const auto order = epoch_order(n, o.seed, o.phase, epoch, o.shuffle);
+            const auto shards = shard_batches(order, o.batch, rank, ranks);  // this process's part of each batch
+            const int64_t batches = int64_t(shards.size());
+            // What this process loads: its shards; for an empty one nothing, or, when synced
+            // BatchNorms need it in their sums, the batch's first sample as a stand-in whose
+            // statistics and gradients count for nothing.
+            const bool stand_in = replicas && has_synced_batchnorm(model_);
             std::vector<std::vector<int64_t>> plan;
-            for (int64_t b = 0; b < batches; ++b)
-                plan.emplace_back(order.begin() + b * o.batch, order.begin() + std::min(n, (b + 1) * o.batch));
+            for (const auto& sh : shards)
+                if (!sh.indices.empty())
+                    plan.push_back(sh.indices);
+                else if (stand_in)
+                    plan.push_back({sh.lead});
             train.plan(plan, epoch);
-            double loss_sum = 0;
-            int64_t correct = 0, seen = 0;
+            size_t loaded = 0;
+            double loss_sum = 0, correct = 0, seen = 0;
             for (int64_t b = 0; b < batches; ++b) {
-                const auto& idx = plan[size_t(b)];
-                train.load(idx, epoch, x, y);
-                seed_dropout(model_, o.seed, uint64_t(opt_.steps));
-                auto r = softmax_cross_entropy(model_.forward(x, Mode::training), y);
-                if (!std::isfinite(r.loss))
-                    fail("the loss became " + std::string(std::isnan(r.loss) ? "NaN" : "infinite") + " at phase " +
+                const Shard& sh = shards[size_t(b)];
+                const int64_t local = int64_t(sh.indices.size());
+                const bool run = local > 0 || stand_in;
+                LossResult r;
+                double s[3] = {0, 0, 0};
+                if (run) {
+                    train.load(plan[loaded++], epoch, x, y);
+                    seed_dropout(model_, o.seed, uint64_t(opt_.steps), sh.first);
+                    if (replicas) replicas->idle = local == 0;
+                    r = softmax_cross_entropy(model_.forward(x, Mode::training), y);
+                    if (local > 0) s[0] = r.loss * double(local), s[1] = double(r.correct), s[2] = double(local);
+                }
+                // The whole batch's figures on every process, before backward: a NaN on any
+                // one of them stops all of them at the same step.
+                if (replicas) replicas->sum(s);
+                if (!std::isfinite(s[0]))
+                    fail("the loss became " + std::string(std::isnan(s[0]) ? "NaN" : "infinite") + " at phase " +
                          std::to_string(o.phase) + " epoch " + std::to_string(epoch + 1) + " batch " + std::to_string(b + 1) +
                          " (optimizer step " + std::to_string(opt_.steps + 1) + "); training stopped" +
                          (o.checkpoint.empty() ? "" : ", the last good checkpoint is " + o.checkpoint));
-                model_.backward(r.grad);
+                if (replicas) replicas->begin_backward(params, local, sh.global);
+                if (run) {
+                    // The loss is the mean over the global batch: this process's samples weigh
+                    // local / global of it, and a stand-in sample nothing. Scaling the loss
+                    // gradient (not the parameter gradients afterwards) keeps every sum that
+                    // backward takes over the replicas (synchronised BatchNorms') consistent.
+                    if (local != sh.global) {
+                        const float w = float(double(local) / double(sh.global));
+                        for (float& g : r.grad) g *= w;
+                    }
+                    model_.backward(r.grad);
+                }
+                if (replicas) replicas->end_backward(), replicas->idle = false;
                 opt_.lr = ctl.lr;
                 opt_.step(model_);
-                loss_sum += r.loss * double(idx.size());
-                correct += r.correct;
-                seen += int64_t(idx.size());
+                loss_sum += s[0];
+                correct += s[1];
+                seen += s[2];
                 for (auto* c : callbacks_)
-                    c->on_batch_end(int(b + 1), int(batches), int(idx.size()), loss_sum / double(seen),
-                                    double(correct) / double(seen), ctl);
+                    c->on_batch_end(int(b + 1), int(batches), int(s[2]), loss_sum / seen, correct / seen, ctl);
             }
+            if (replicas) agree_on_model(o.phase, epoch);
             EpochLogs logs;
             logs.phase = o.phase;
             logs.epoch = epoch;
-            logs.values["loss"] = loss_sum / double(seen);
-            logs.values["accuracy"] = double(correct) / double(seen);
+            logs.values["loss"] = loss_sum / seen;
+            logs.values["accuracy"] = correct / seen;
             if (val && val->size() > 0) {
                 Metrics v = evaluate(*val, o.batch);
                 logs.values["val_loss"] = v.loss;
@@ -223,7 +324,7 @@ public:
             for (auto* c : callbacks_) c->on_epoch_end(logs, ctl);
             opt_.lr = ctl.lr;
             history.push_back(logs);
-            if (!o.checkpoint.empty()) save_checkpoint(o, epoch + 1, ctl.stop);
+            if (!o.checkpoint.empty() && rank == 0) save_checkpoint(o, epoch + 1, ctl.stop);
             if (ctl.stop) break;
         }
         for (auto* c : callbacks_) c->on_phase_end(ctl);
@@ -231,6 +332,7 @@ public:
         return history;
     }
 
+public:
     // The resume state: weights and running statistics ("model.*"), optimizer slots
     // ("optim.*"), and in the metadata the phase, epochs done, step, learning rate, seed and
     // every callback's decision state. Written to a temporary file, fsynced, renamed.
@@ -291,6 +393,42 @@ public:
     }
 
 private:
+    // Every parameter and running statistic from rank 0, in one call: all replicas start a
+    // phase from the same model whatever each loaded or initialised.
+    void broadcast_model() {
+        std::vector<float> flat;
+        model_.visit("", [&](const std::string&, Param& p) { flat.insert(flat.end(), p.value.begin(), p.value.end()); });
+        replicas->broadcast(flat);
+        size_t at = 0;
+        model_.visit("", [&](const std::string&, Param& p) {
+            std::copy_n(flat.begin() + int64_t(at), p.value.size(), p.value.begin());
+            at += size_t(p.value.size());
+            p.touch();
+        });
+    }
+
+    // After an epoch: running statistics of local-statistics BatchNorms differ between
+    // replicas, so they are averaged (in double: identical values stay bit for bit); then
+    // the replicas must hold the same bits, or validation and checkpoints would describe a
+    // model that only rank 0 has.
+    void agree_on_model(int phase, int epoch) {
+        std::vector<double> buf;
+        model_.visit("", [&](const std::string&, Param& p) {
+            if (p.kind == ParamKind::buffer) buf.insert(buf.end(), p.value.begin(), p.value.end());
+        });
+        replicas->sum(buf);
+        size_t at = 0;
+        model_.visit("", [&](const std::string&, Param& p) {
+            if (p.kind != ParamKind::buffer) return;
+            for (auto& v : p.value) v = float(buf[at++] / replicas->size());
+            p.touch();
+        });
+        if (!replicas->agree(digest(model_)))
+            fail("the processes hold different weights after phase " + std::to_string(phase) + " epoch " +
+                 std::to_string(epoch + 1) + ": the MPI library's sums differ between ranks, or a rank changed "
+                 "its model on its own");
+    }
+
     static std::string exact(double v) {
         char buf[32];
         std::snprintf(buf, sizeof buf, "%.17g", v);
