@@ -65,13 +65,20 @@ std::string bn_of(const L& l) {
         return "";
 }
 
+// A Named<"conv1", Conv2d<...>> is its layer: the overloads above must see the layer type.
+template <fixed_string N, class L>
+L& bare(Named<N, L>& l) { return l; }
+template <class L>
+L& bare(L& l) { return l; }
+
 struct Walk {
     std::vector<SummaryRow> rows;
 
     template <class L>
     Shape leaf(L& l, const std::string& name, int depth, const Shape& in, const std::string& type = "") {
-        SummaryRow r{name.empty() ? type_of(l) : name, type.empty() ? type_of(l) : type, depth, true, out_shape(l, in),
-                     0, 0, 0, bn_of(l)};
+        auto& b = bare(l);
+        SummaryRow r{name.empty() ? type_of(b) : name, type.empty() ? type_of(b) : type, depth, true, out_shape(b, in),
+                     0, 0, 0, bn_of(b)};
         l.visit("", [&](const std::string&, Param& p) {
             r.params += p.value.size();
             if (p.kind == ParamKind::weight) r.weights += p.value.size();
