@@ -69,6 +69,7 @@ std::vector<EpochLogs> phase(M& model, Optimizer& opt, BatchSource& train, Batch
     ResumePoint from;
     if (resume) {
         from = trainer.load_checkpoint(ckpt);
+        if (csv) csv->resume_at(from.phase, from.epochs_done);
         std::printf("resuming phase %d after epoch %d\n", from.phase, from.epochs_done);
     }
     auto h = trainer.fit(train, &val, o, from);

@@ -622,6 +622,18 @@ TEST_CASE("CSVLogger: exact bytes, NA for a missing value, round-tripping number
     CHECK_THROWS_WITH_AS(CSVLogger(path.string(), {"loss"}, true), doctest::Contains("header"), Error);
     CHECK(slurp(path) == header + row0 + row1 + row2);
 
+    // Resuming from a checkpoint after phase 1 epoch 1: the rows of later epochs (logged
+    // before a kill that came ahead of their checkpoint) go, and new rows follow.
+    {
+        CSVLogger log(path.string(), cols, true);
+        log.resume_at(1, 1);
+        CHECK(slurp(path) == header + row0);
+        log.on_epoch_end(logs_of(1, {{"loss", 0.25}, {"lr", 1e-4}}, 1, 3.0), ctl);
+        CHECK(slurp(path) == header + row0 + row1);
+        log.resume_at(2, 0);  // phase 1 complete: keep it all
+        CHECK(slurp(path) == header + row0 + row1);
+    }
+
     { CSVLogger truncate(path.string(), cols, false); }
     CHECK(slurp(path) == header);
 

@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "tlcpu/core/atomic_file.hpp"
 #include "tlcpu/core/error.hpp"
 #include "tlcpu/core/tensor.hpp"
 
@@ -388,6 +389,24 @@ public:
         flush();  // a killed run keeps every finished epoch
     }
     std::string name() const override { return "CSVLogger"; }
+
+    // A run resumed from a checkpoint taken after `epochs_done` epochs of `phase` redoes
+    // whatever came later, so rows logged after that checkpoint (a kill between an epoch's
+    // row and its checkpoint) are dropped: each epoch appears once.
+    void resume_at(int phase, int epochs_done) {
+        std::ifstream in(path_);
+        std::string line, kept;
+        for (bool header = true; std::getline(in, line); header = false) {
+            int p = 0, e = 0;
+            if (header || (std::sscanf(line.c_str(), "%d,%d", &p, &e) == 2 && (p < phase || (p == phase && e < epochs_done))))
+                kept += line + "\n";
+        }
+        in.close();
+        file_.reset();
+        write_atomically(path_, [&](std::FILE* f) { return std::fwrite(kept.data(), 1, kept.size(), f) == kept.size(); });
+        file_.reset(std::fopen(path_.c_str(), "a"));
+        if (!file_) fail(path_ + ": cannot open for writing: " + std::strerror(errno));
+    }
 
 private:
     void flush() {
