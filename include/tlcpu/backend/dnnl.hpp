@@ -23,6 +23,17 @@ using dt = dnnl::memory::data_type;
 // Forward propagation kind: inference lets oneDNN skip what backward would need.
 enum class Mode { inference, training };
 
+// A 64-byte-aligned block that only grows: the scratchpad and the shared buffers.
+struct FreeDeleter {
+    void operator()(char* p) const { std::free(p); }
+};
+using AlignedBuffer = std::unique_ptr<char, FreeDeleter>;
+inline AlignedBuffer aligned_buffer(size_t n, const char* what) {
+    AlignedBuffer p(static_cast<char*>(std::aligned_alloc(64, (n + 63) / 64 * 64)));
+    if (!p) fail("out of memory allocating a " + std::to_string(n) + "-byte " + what);
+    return p;
+}
+
 class Backend {
 public:
     static Backend& get() {
@@ -46,8 +57,7 @@ public:
         const dnnl_memory_desc_t* md = dnnl_primitive_desc_query_md(p.get_primitive_desc(), dnnl_query_scratchpad_md, 0);
         if (const size_t need = md ? dnnl_memory_desc_get_size(md) : 0) {
             if (need > scratch_size_) {
-                scratch_.reset(static_cast<char*>(std::aligned_alloc(64, (need + 63) / 64 * 64)));
-                if (!scratch_) fail("out of memory allocating a " + std::to_string(need) + "-byte oneDNN scratchpad");
+                scratch_ = aligned_buffer(need, "oneDNN scratchpad");
                 scratch_size_ = need;
             }
             args[DNNL_ARG_SCRATCHPAD] = dnnl::memory(dnnl::memory::desc(*md), engine_, scratch_.get());
@@ -71,11 +81,8 @@ public:
     // blocks (a block's input, held for its shortcut, and two intermediates). That saves an
     // activation-sized buffer per layer.
     class BufferPool {
-        struct Free {
-            void operator()(char* p) const { std::free(p); }
-        };
         struct Slot {
-            std::unique_ptr<char, Free> p;
+            AlignedBuffer p;
             size_t bytes = 0;
             int held = 0;
         };
@@ -94,8 +101,7 @@ public:
                 }
             if (!pick) pick = &slots_.emplace_back();
             if (pick->bytes < need) {  // a free slot's old contents are dead: grow it
-                pick->p.reset(static_cast<char*>(std::aligned_alloc(64, (need + 63) / 64 * 64)));
-                if (!pick->p) fail("out of memory allocating a " + std::to_string(need) + "-byte shared buffer");
+                pick->p = aligned_buffer(need, "shared buffer");
                 pick->bytes = need;
             }
             return dnnl::memory(d, Backend::get().engine(), pick->p.get());
@@ -121,11 +127,6 @@ public:
         private:
             Slot* s_;
         };
-        size_t bytes() const {
-            size_t n = 0;
-            for (auto& s : slots_) n += s.bytes;
-            return n;
-        }
 
     private:
         Slot* find(const dnnl::memory& m) {
@@ -144,8 +145,7 @@ private:
     dnnl::engine engine_;
     dnnl::stream stream_;
     uint64_t executed_ = 0;
-    struct Free { void operator()(char* p) const { std::free(p); } };
-    std::unique_ptr<char, Free> scratch_;
+    AlignedBuffer scratch_;
     size_t scratch_size_ = 0;
     BufferPool grads_, acts_;
 };
