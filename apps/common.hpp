@@ -20,6 +20,14 @@ inline std::vector<std::string> split_list(const std::string& s, char sep = ',')
     return out;
 }
 
+// --frozen-precision's words as oneDNN types (int8: s8 weights, u8 activations).
+inline dt precision_of(const std::string& s) {
+    if (s == "f32") return dt::f32;
+    if (s == "bf16") return dt::bf16;
+    if (s == "int8") return dt::s8;
+    fail("unknown frozen precision '" + s + "' (f32, bf16 or int8)");
+}
+
 // Builds the network a train_cpu model file describes (layout, depth, classes, head eps),
 // loads every tensor of it and calls f(net). Layout and depth are template parameters, so
 // each of the four combinations is its own type.
@@ -27,12 +35,21 @@ template <class F>
 void with_model(const io::SafeTensors& file, F&& f) {
     const auto classes = split_list(file.meta("classes"));
     check(classes.size() >= 2, file.path() + ": no class names in the metadata (not a train_cpu model?)");
-    // Evaluated as trained: a model whose frozen layers ran in bf16 runs them in bf16 again.
-    Backend::get().frozen_precision = file.meta("frozen_precision", "f32") == "bf16" ? dt::bf16 : dt::f32;
+    // Evaluated as trained: a model whose frozen layers ran in bf16 (int8) runs them so again,
+    // int8 with the activation scales calibrated in training.
+    Backend::get().frozen_precision = precision_of(file.meta("frozen_precision", "f32"));
     auto build = [&]<Layout L, Depth D>() {
         auto net = std::make_unique<Classifier<ResNet50<L, 64, D>, dynamic>>(int(classes.size()));
         net->head.bn.config.eps = std::stof(file.meta("head_bn_eps", "1e-3"));
         load_weights(*net, file);  // every tensor must be there: this is a trained model
+        if (Backend::get().frozen_precision == dt::s8) {
+            check(!file.meta("int8_ranges").empty(), file.path() + ": frozen_precision int8 without int8_ranges in the metadata");
+            try {
+                set_int8_ranges(net->backbone, file.meta("int8_ranges"));
+            } catch (const Error& e) {
+                fail(file.path() + ": " + std::string(e.what()).substr(std::string_view("tlcpu: ").size()));
+            }
+        }
         if (file.meta("trained", "-") != "-") {  // frozen layers (bf16 when trained so) as in training
             freeze_all(net->backbone);
             unfreeze(*net, split_list(file.meta("trained")));

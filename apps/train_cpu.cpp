@@ -33,7 +33,7 @@ namespace {
 struct Config {
     std::string data, weights, out, exclude, backbone = "auto", layout = "auto", preprocess = "auto";
     std::string split = "stratified", resize = "antialias", init_missing, unfreeze, frozen_precision = "f32";
-    int size = 224, batch = 32, cache_mb = 8192, decode_mb = 0, epochs1 = 20, epochs2 = 20, max_per_class = 0, patience = 4, plateau_patience = 2;
+    int size = 224, batch = 32, calibration_images = 256, cache_mb = 8192, decode_mb = 0, epochs1 = 20, epochs2 = 20, max_per_class = 0, patience = 4, plateau_patience = 2;
     double val_split = 0.2, lr1 = 2e-4, lr2 = 1e-5, dropout = 0.3, plateau_factor = 0.2, min_lr = 1e-7;
     double rotation = 15, shift = 0.1, zoom = 0.1;
     bool augment = true, flip = true, resume = false, sync_bn = false;
@@ -112,6 +112,23 @@ void run(const Config& c, const io::SafeTensors& weights, const Preprocessing& p
     // slice by default, as PyTorch's DDP; --sync-bn: the global batch's.
     if (c.sync_bn) sync_batchnorm(*net, replicas);
 
+    // int8: the frozen blocks' activation scales from training images spread over the split
+    // (every rank the same ones, so the same scales), in f32 before any training.
+    std::string ranges;
+    if (Backend::get().frozen_precision == dt::s8) {
+        const auto t = std::chrono::steady_clock::now();
+        const size_t n = std::min(split.train.size(), size_t(std::max(c.calibration_images, 1)));
+        std::vector<int64_t> pick;
+        for (size_t i = 0; i < n; ++i) pick.push_back(split.train[i * split.train.size() / n]);
+        data::FolderSource src(set, pick, pre);
+        std::vector<Tensor> batches;
+        for_each_batch(src, c.batch, [&](int64_t, const Tensor& x, const std::vector<int>&) { batches.push_back(x); });
+        calibrate_int8(net->backbone, batches);
+        ranges = int8_ranges(net->backbone);
+        std::printf("int8: frozen blocks calibrated on %zu training images in %.1f s\n", n,
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count());
+    }
+
     std::string classes;
     for (const auto& n : set.classes) classes += (classes.empty() ? "" : ",") + n;
     const auto groups2 = c.unfreeze.empty() ? std::vector<std::string>{D == Depth::c4 ? "layer3.5." : "layer4."}
@@ -121,7 +138,7 @@ void run(const Config& c, const io::SafeTensors& weights, const Preprocessing& p
     for (const auto& g : fresh) trained += g + ",";
     if (c.epochs2 > 0)
         for (const auto& g : groups2) trained += g + ",";
-    const std::map<std::string, std::string> meta{
+    std::map<std::string, std::string> meta{
         {"trained", trained},
         {"architecture", std::string("tlcpu ResNet-50 ") + (D == Depth::c4 ? "c4" : "c5") + " + head"},
         {"layout", L == Layout::v1 ? "v1" : "v1.5"},
@@ -134,6 +151,7 @@ void run(const Config& c, const io::SafeTensors& weights, const Preprocessing& p
                                                               fmt(pre.caffe_mean_bgr[1]) + " R=" + fmt(pre.caffe_mean_bgr[2])
                                                         : "torch"},
         {"head_bn_eps", fmt(net->head.bn.config.eps)}};
+    if (!ranges.empty()) meta["int8_ranges"] = ranges;
     const fs::path out(c.out);
     auto save_best = [&](const std::string& path) {
         std::vector<std::pair<std::string, const Tensor*>> t;
@@ -177,7 +195,7 @@ void run(const Config& c, const io::SafeTensors& weights, const Preprocessing& p
     }
     const bool cached = cut != Cut{0, 0};
     const auto t0 = std::chrono::steady_clock::now();
-    std::optional<TensorSource> acts_train, acts_val;
+    std::optional<ActivationCache> acts_train, acts_val;
     if (cached) {
         acts_train = cache_prefix(*net, cut, train, c.batch);
         acts_val = cache_prefix(*net, cut, val, c.batch);
@@ -323,8 +341,10 @@ int main(int argc, char** argv) {
     app.add_flag("--flip,!--no-flip", c.flip, "Random horizontal flips")->default_str(c.flip ? "true" : "false");
     app.add_option("--exclude", c.exclude, "Duplicates list (groups TSV) whose redundant copies are left out");
     app.add_option("--max-per-class", c.max_per_class, "Use at most this many images per class (0: all)")->capture_default_str();
-    app.add_option("--frozen-precision", c.frozen_precision, "Precision of the frozen layers' folded convolutions: f32, or bf16 (AMX/AVX512_BF16; trainable layers stay f32)")
-        ->check(CLI::IsMember({"f32", "bf16"}))->capture_default_str();
+    app.add_option("--frozen-precision", c.frozen_precision, "Precision of the frozen layers' folded convolutions: f32, bf16 (AMX/AVX512_BF16), or int8 (VNNI/AMX, calibrated on training images; stem in bf16); trainable layers stay f32")
+        ->check(CLI::IsMember({"f32", "bf16", "int8"}))->capture_default_str();
+    app.add_option("--calibration-images", c.calibration_images, "With --frozen-precision int8: training images the activation scales are calibrated on")
+        ->check(CLI::PositiveNumber)->capture_default_str();
     app.add_option("--decode-mb", c.decode_mb, "Cap in MB on the decoded images kept in memory (0: half the physical memory); a folder over it is refused before decoding")
         ->capture_default_str();
     app.add_option("--cache-mb", c.cache_mb, "Without augmentation, cache the frozen prefix's output up to this many MB (0: never)")->capture_default_str();
@@ -338,7 +358,7 @@ int main(int argc, char** argv) {
             cfg << app.config_to_str(true, false);
             check(bool(cfg), c.out + "/config.toml: cannot write");
         }
-        Backend::get().frozen_precision = c.frozen_precision == "bf16" ? dt::bf16 : dt::f32;
+        Backend::get().frozen_precision = app::precision_of(c.frozen_precision);
         const auto weights = io::SafeTensors::open(c.weights);
         const Layout layout = c.layout == "auto" ? layout_of(weights) : c.layout == "v1" ? Layout::v1 : Layout::v1_5;
         Preprocessing pre = preprocessing_of(weights);

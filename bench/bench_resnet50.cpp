@@ -77,7 +77,10 @@ double matmul_gflops(dnnl::memory::data_type dt, int reps) {
     const int64_t n = 4096;
     auto& be = Backend::get();
     using tag = dnnl::memory::format_tag;
-    dnnl::memory::desc a({n, n}, dt, tag::ab), b({n, n}, dt, tag::ab), c({n, n}, dnnl::memory::data_type::f32, tag::ab);
+    // int8: u8 x s8 with s32 accumulation, what the int8 convolutions run
+    const bool i8 = dt == dnnl::memory::data_type::u8;
+    dnnl::memory::desc a({n, n}, dt, tag::ab), b({n, n}, i8 ? dnnl::memory::data_type::s8 : dt, tag::ab),
+        c({n, n}, i8 ? dnnl::memory::data_type::s32 : dnnl::memory::data_type::f32, tag::ab);
     dnnl::matmul::primitive_desc pd({a, b, c}, be.engine());
     dnnl::matmul mm(pd);
     dnnl::memory A(a, be.engine()), B(b, be.engine()), C(c, be.engine());
@@ -98,26 +101,28 @@ int main(int argc, char** argv) {
     std::string which;
     int reps = 5, warmup = 2;
     CLI::App app{"ResNet-50 throughput and memory per case"};
-    app.add_option("--case", which, "infer_b1, infer_b32, phase1_b32, phase2_b32, full_b32 (each also with _bf16: frozen part in bf16), matmul_f32, matmul_bf16")->required();
+    app.add_option("--case", which, "infer_b1, infer_b32, phase1_b32, phase2_b32, full_b32 (each also with _bf16 or _int8: frozen part in bf16 or int8), matmul_f32, matmul_bf16, matmul_int8")->required();
     app.add_option("--reps", reps, "Timed repetitions")->capture_default_str();
     app.add_option("--warmup", warmup, "Untimed repetitions first")->capture_default_str();
     CLI11_PARSE(app, argc, argv);
 
     nlohmann::json out{{"framework", "tlcpu"}, {"case", which}, {"threads", omp_get_max_threads()}};
     try {
-        if (which == "matmul_f32" || which == "matmul_bf16") {
-            const double g = matmul_gflops(which == "matmul_f32" ? dnnl::memory::data_type::f32 : dnnl::memory::data_type::bf16, reps);
+        if (which == "matmul_f32" || which == "matmul_bf16" || which == "matmul_int8") {
+            const double g = matmul_gflops(which == "matmul_f32"    ? dnnl::memory::data_type::f32
+                                           : which == "matmul_bf16" ? dnnl::memory::data_type::bf16
+                                                                    : dnnl::memory::data_type::u8,
+                                           reps);
             out["gflops"] = g;
             std::printf("%s\n", out.dump().c_str());
             return 0;
         }
         const ConvFlops cf = conv_flops();
         // *_bf16: the frozen part runs its folded convolutions in bf16 (trainable layers stay f32)
-        const bool bf16 = which.ends_with("_bf16");
-        if (bf16) {
-            Backend::get().frozen_precision = dt::bf16;
-            which.resize(which.size() - 5);
-        }
+        // *_int8: the frozen blocks in int8 (stem bf16), calibrated on the benchmark's images
+        dt frozen = dt::f32;
+        if (which.ends_with("_bf16")) frozen = dt::bf16, which.resize(which.size() - 5);
+        if (which.ends_with("_int8")) frozen = dt::s8, which.resize(which.size() - 5);
         const int batch = which == "infer_b1" ? 1 : 32;
         auto net = std::make_unique<Net>();
         randomize(*net, 1);
@@ -148,6 +153,8 @@ int main(int argc, char** argv) {
                 adam.step(*net);
             };
         }
+        if (frozen == dt::s8) calibrate_int8(net->backbone, {x});
+        Backend::get().frozen_precision = frozen;
         for (int i = 0; i < warmup; ++i) step();
         std::vector<double> ips;
         for (int i = 0; i < reps; ++i) {

@@ -61,9 +61,12 @@ if "$build/apps/train_cpu" "${common[@]}" --out "$out/capped" --decode-mb 1 > "$
   echo "train_cpu accepted a folder over --decode-mb"; exit 1
 fi
 grep -q "decoding 48 images at 96x96 needs 1.3 MB, over the cap of 1.0 MB" "$out/capped.log" || { cat "$out/capped.log"; exit 1; }
-# Without augmentation both phases train from the cached output of the frozen prefix.
-"$build/apps/train_cpu" "${common[@]}" --out "$out/cached" --no-augment > "$out/cached.log"
-grep -q "feature cache: the frozen prefix's output" "$out/cached.log" || { cat "$out/cached.log"; exit 1; }
+# Without augmentation both phases train from the cached output of the frozen prefix, here
+# an int8 one: calibrated, cached as u8 (48 x 1024 x 6 x 6 bytes, a quarter of f32's 7 MB),
+# and evaluate, reading the scales from best.safetensors, must agree with metrics.json.
+"$build/apps/train_cpu" "${common[@]}" --out "$out/cached" --no-augment --frozen-precision int8 --calibration-images 16 > "$out/cached.log"
+grep -q "int8: frozen blocks calibrated on 16 training images" "$out/cached.log" || { cat "$out/cached.log"; exit 1; }
+grep -q "feature cache: the frozen prefix's output (2 MB)" "$out/cached.log" || { cat "$out/cached.log"; exit 1; }
 grep -qx "augment=false" "$out/cached/config.toml" && grep -qx "flip=true" "$out/cached/config.toml"
 "$build/apps/evaluate" --model "$out/cached/best.safetensors" --data "$shared/data/brain-tumor-mri/Training" \
   --split "$out/cached/split.tsv" --json "$out/cached_eval.json" > /dev/null

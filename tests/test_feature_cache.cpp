@@ -2,6 +2,8 @@
 // gives the same logits and gradients as running the whole network on the images.
 #include <doctest/doctest.h>
 
+#include <cstring>
+
 #include "fixtures.hpp"
 
 using namespace tlcpu;
@@ -99,5 +101,39 @@ TEST_CASE("training from a cached prefix equals training the whole network on th
         std::vector<int> fy;
         pooled.load({0, 1, 2, 3, 4, 5}, 0, f, fy);
         CHECK(max_rel_diff(f, whole->head.features()) < 1e-5);
+    }
+}
+
+TEST_CASE("the cache keeps a bf16 or int8 prefix's output in its own type, losing nothing") {
+    struct Guard {
+        ~Guard() { Backend::get().frozen_precision = dt::f32; }
+    } guard;
+    auto net = pretrained(5);
+    unfreeze(*net, {"layer3.5."});
+    const Cut cut = frozen_prefix(net->backbone);
+    auto src = images(5, 4);
+    Tensor x;
+    std::vector<int> y;
+    src.load({0, 1, 2, 3, 4}, 0, x, y);
+    calibrate_int8(net->backbone, {x});
+    for (dt t : {dt::f32, dt::bf16, dt::s8}) {
+        CAPTURE(int(t));
+        Backend::get().frozen_precision = t;
+        const size_t elem = t == dt::f32 ? 4 : t == dt::bf16 ? 2 : 1;
+        auto acts = cache_prefix(*net, cut, src, 2);  // three batches, the last one short
+        CHECK(acts.type() == (t == dt::s8 ? dt::u8 : t));
+        CHECK(acts.bytes() == 5 * 64 * 3 * 3 * elem);
+        CHECK(prefix_bytes(*net, cut, 5, 40) == int64_t(acts.bytes()));
+        Tensor a;
+        std::vector<int> ay;
+        acts.load({4, 0, 2}, 0, a, ay);
+        CHECK(ay == std::vector<int>{y[4], y[0], y[2]});
+        // The same numbers as the prefix's output converted to f32 at the network's edge.
+        const Tensor direct = to_tensor(forward_prefix(net->backbone, view(x), cut));
+        const int64_t per = 64 * 3 * 3;
+        for (int i : {0, 1, 2}) {
+            const int from = i == 0 ? 4 : i == 1 ? 0 : 2;
+            CHECK(std::memcmp(a.data() + i * per, direct.data() + from * per, size_t(per) * sizeof(float)) == 0);
+        }
     }
 }

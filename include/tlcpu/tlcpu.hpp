@@ -15,6 +15,7 @@
 #include "tlcpu/layers/sequential.hpp"
 #include "tlcpu/models/resnet.hpp"
 #include "tlcpu/models/classifier.hpp"
+#include "tlcpu/models/int8.hpp"
 #include "tlcpu/optim/optimizer.hpp"
 #include "tlcpu/train/callbacks.hpp"
 #include "tlcpu/train/freeze.hpp"

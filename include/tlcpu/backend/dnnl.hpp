@@ -2,6 +2,8 @@
 // per-layer cache of primitives keyed by input shape, and the reorders that move data
 // between oneDNN's blocked layouts and plain tensors at the network's edges.
 #pragma once
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -68,11 +70,26 @@ public:
     uint64_t executed() const { return executed_; }
 
     // Precision of the folded convolutions of frozen blocks (inference mode): f32, or bf16
-    // with f32 accumulation and f32 master weights (AVX512_BF16 / AMX units). Trainable
-    // layers are unaffected; activations leave the frozen part converted back to f32 by the
-    // reorder at its edge.
+    // with f32 accumulation and f32 master weights (AVX512_BF16 / AMX units), or s8: int8
+    // blocks (u8 activations, s8 weights, s32 accumulation; VNNI / AMX) with scales from a
+    // calibration pass (models/int8.hpp), the stem in bf16. Trainable layers are unaffected;
+    // activations leave the frozen part converted back to f32 by the reorder at its edge.
     dt frozen_precision = dt::f32;
+    // Set during an int8 calibration pass: frozen blocks run in f32 and record the largest
+    // value of each activation they produce.
+    bool calibrating = false;
     void wait() { stream_.wait(); }
+
+    // Scales of int8 activations (value = scale * integer), keyed by buffer: the conv or
+    // reorder that fills an integer buffer records its scale, and a reorder out of one into
+    // floats reads it, so integers never leave the frozen part unscaled.
+    void set_scale(const dnnl::memory& m, float s) { scales_[m.get_data_handle()] = s; }
+    float scale_of(const dnnl::memory& m) const {
+        const auto it = scales_.find(m.get_data_handle());
+        if (it == scales_.end()) fail("an int8 activation without a recorded scale (not written by an int8 layer)");
+        return it->second;
+    }
+    bool has_scale(const dnnl::memory& m) const { return scales_.count(m.get_data_handle()) != 0; }
 
     // Buffers shared by every layer instead of one per layer and plan, for values that live
     // briefly: gradients flowing down the backbone (a layer's input gradient is read only by
@@ -148,7 +165,10 @@ private:
     AlignedBuffer scratch_;
     size_t scratch_size_ = 0;
     BufferPool grads_, acts_;
+    std::unordered_map<const void*, float> scales_;
 };
+
+inline bool is_int8(dt t) { return t == dt::u8 || t == dt::s8; }
 
 
 inline tag plain_tag(size_t rank) {
@@ -170,9 +190,38 @@ inline dnnl::memory view(const Tensor& t) {
             const_cast<float*>(t.data())};
 }
 
+// Copies src into dst, converting layout and type. Out of an int8 activation into floats it
+// multiplies by the activation's scale; int8 to int8 keeps the scale (a relayout). Floats
+// into int8 need a scale: quantize().
 inline void reorder(const dnnl::memory& src, const dnnl::memory& dst) {
     auto& be = Backend::get();
-    be.run(dnnl::reorder(src, dst, Backend::attr()), {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, dst}});
+    const bool qs = is_int8(src.get_desc().data_type()), qd = is_int8(dst.get_desc().data_type());
+    dnnl::primitive_attr a = Backend::attr();
+    if (qs && !qd) a.set_output_scales(0, {be.scale_of(src)});
+    if (!qs && qd) fail("reorder of floats into int8 without a scale");
+    be.run(dnnl::reorder(src, dst, a), {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, dst}});
+    if (qs && qd && be.has_scale(src)) be.set_scale(dst, be.scale_of(src));
+}
+
+// x (floats) as integers of type t with scale s: round(x / s), saturated.
+inline void quantize(const dnnl::memory& src, const dnnl::memory& dst, float s) {
+    auto& be = Backend::get();
+    dnnl::primitive_attr a = Backend::attr();
+    a.set_output_scales(0, {1.f / s});
+    be.run(dnnl::reorder(src, dst, a), {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, dst}});
+    be.set_scale(dst, s);
+}
+
+// The largest |value| of an f32 memory in any layout (a blocked layout's padding is zeros).
+inline float abs_max(const dnnl::memory& m) {
+    check(m.get_desc().data_type() == dt::f32, "abs_max of a non-f32 activation");
+    Backend::get().wait();
+    const float* p = static_cast<const float*>(m.get_data_handle());
+    const int64_t n = int64_t(m.get_desc().get_size() / sizeof(float));
+    float r = 0.f;
+#pragma omp parallel for reduction(max : r)
+    for (int64_t i = 0; i < n; ++i) r = std::max(r, std::fabs(p[i]));
+    return r;
 }
 
 // Copies a oneDNN memory in any layout out into a plain tensor (an edge of the network).

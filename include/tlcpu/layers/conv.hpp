@@ -3,6 +3,7 @@
 #include <array>
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "tlcpu/layers/layer.hpp"
 
@@ -70,16 +71,10 @@ public:
         Folded* pp = &folded_.get(x.get_desc(), Mode::inference, [&] { return make_folded(x.get_desc(), relu, residual, precision); });
         if (pp->precision != precision) *pp = make_folded(x.get_desc(), relu, residual, precision);
         Folded& p = *pp;
-        const std::array<uint64_t, 6> v{weight.version, bias.version, bn.weight.version, bn.bias.version,
-                                        bn.running_mean.version, bn.running_var.version};
+        const auto v = versions(bn);
         if (p.versions != v) {
-            Tensor w(weight.value.shape()), b({Out});
-            const int64_t per = int64_t(In) * K * K;
-            for (int o = 0; o < Out; ++o) {
-                const float sc = bn.weight.value[o] / std::sqrt(bn.running_var.value[o] + bn.config.eps);
-                for (int64_t i = 0; i < per; ++i) w[o * per + i] = weight.value[o * per + i] * sc;
-                b[o] = bn.bias.value[o] + ((Bias ? bias.value[o] : 0.f) - bn.running_mean.value[o]) * sc;
-            }
+            Tensor w, b;
+            fold(bn, w, b);
             reorder(view(w), p.weights);
             reorder(view(b), p.bias);
             p.versions = v;
@@ -96,6 +91,41 @@ public:
                                     {DNNL_ARG_BIAS, p.bias},
                                     {DNNL_ARG_DST, *dst}});
         return *dst;
+    }
+
+    // The int8 twin of forward_folded, for a frozen layer. x is u8 (a ReLU's output) with
+    // its scale recorded in the backend (x = sx * q); the folded weights are s8 with one
+    // scale per output channel (max |w| / 127), so the s32 accumulator times sx * sw[o] is
+    // the real conv output; oneDNN rescales it straight to the output's scale s_out (and
+    // adds the bias, which it applies before that rescale, hence b / (sx * sw[o])). Output:
+    // u8 after a ReLU, s8 without (a projection, which can be negative). A residual (u8 or
+    // s8, with its own scale) enters through the sum post-op, rescaled to s_out.
+    template <class BN>
+    const dnnl::memory& forward_int8(const dnnl::memory& x, const BN& bn, bool relu, const dnnl::memory* residual,
+                                     bool residual_owned, float s_out) {
+        static_assert(BN::in_channels == Out, "tlcpu: the folded BatchNorm must have the conv's output channels");
+        auto& be = Backend::get();
+        check(x.get_desc().data_type() == dt::u8, "Conv2d::forward_int8 wants a u8 input");
+        const float sx = be.scale_of(x), sr = residual ? be.scale_of(*residual) : 0.f;
+        const dt rt = residual ? residual->get_desc().data_type() : dt::undef;
+        Quant& p = quant_.get(x.get_desc(), Mode::inference, [] { return Quant{}; });
+        const std::array<float, 3> sc{sx, sr, s_out};
+        if (!p.prim || p.versions != versions(bn) || p.scales != sc || p.res_t != rt || p.relu != relu)
+            p = make_int8(x.get_desc(), bn, relu, rt, sc);
+        Backend::BufferPool::Hold keep_r(be.acts(), residual);  // the copy below must not land on it
+        if (residual && residual_owned && residual->get_desc() == with_type(p.pd.dst_desc(), rt)) {
+            p.dst = dnnl::memory(p.pd.dst_desc(), be.engine(), residual->get_data_handle());  // sum in place
+        } else {
+            p.dst = be.acts().take(p.pd.dst_desc(), &x);
+            // the residual keeps its type: the sum post-op reads the buffer as that type
+            if (residual) reorder(*residual, dnnl::memory(with_type(p.pd.dst_desc(), rt), be.engine(), p.dst.get_data_handle()));
+        }
+        be.run(p.prim, {{DNNL_ARG_SRC, as_desc(x, p.pd.src_desc(), p.src_scratch)},
+                        {DNNL_ARG_WEIGHTS, p.weights},
+                        {DNNL_ARG_BIAS, p.bias},
+                        {DNNL_ARG_DST, p.dst}});
+        be.set_scale(p.dst, s_out);
+        return p.dst;
     }
 
     // Backward of the last forward (which must have run in Mode::training): the weight
@@ -228,9 +258,83 @@ private:
         return p;
     }
 
+    template <class BN>
+    std::array<uint64_t, 6> versions(const BN& bn) const {
+        return {weight.version, bias.version, bn.weight.version, bn.bias.version, bn.running_mean.version,
+                bn.running_var.version};
+    }
+    // The BatchNorm folded in: w = W * s, b = beta + (bias - mean) * s, s = gamma / sqrt(var + eps).
+    template <class BN>
+    void fold(const BN& bn, Tensor& w, Tensor& b) const {
+        w = Tensor(weight.value.shape());
+        b = Tensor({Out});
+        const int64_t per = int64_t(In) * K * K;
+        for (int o = 0; o < Out; ++o) {
+            const float sc = bn.weight.value[o] / std::sqrt(bn.running_var.value[o] + bn.config.eps);
+            for (int64_t i = 0; i < per; ++i) w[o * per + i] = weight.value[o * per + i] * sc;
+            b[o] = bn.bias.value[o] + ((Bias ? bias.value[o] : 0.f) - bn.running_mean.value[o]) * sc;
+        }
+    }
+
+    struct Quant {
+        dnnl::convolution_forward::primitive_desc pd;
+        dnnl::convolution_forward prim;
+        dnnl::memory weights, bias, dst, src_scratch;
+        std::array<uint64_t, 6> versions{};
+        std::array<float, 3> scales{};  // input, residual, output
+        dt res_t = dt::undef;
+        bool relu = false;
+    };
+    // The scales are part of the primitive (static output scales let oneDNN pick its fastest
+    // kernels), so a plan is rebuilt when they or the weights change: for a frozen layer, once.
+    template <class BN>
+    Quant make_int8(const dnnl::memory::desc& xd, const BN& bn, bool relu, dt res_t, const std::array<float, 3>& sc) const {
+        const dims d = xd.dims();
+        dims src{d[0], In, d[2], d[3]}, wei{Out, In, K, K}, dst{d[0], Out, conv_out(d[2], K, S, P), conv_out(d[3], K, S, P)};
+        const float sx = sc[0], sr = sc[1], s_out = sc[2];
+        Tensor w, b;
+        fold(bn, w, b);
+        const int64_t per = int64_t(In) * K * K;
+        std::vector<int8_t> wq(size_t(Out * per));
+        std::vector<float> oscale(Out);
+        Tensor bq({Out});
+        for (int o = 0; o < Out; ++o) {
+            float m = 0.f;
+            for (int64_t i = 0; i < per; ++i) m = std::max(m, std::fabs(w[o * per + i]));
+            const float sw = m > 0.f ? m / 127.f : 1.f;
+            for (int64_t i = 0; i < per; ++i) wq[size_t(o * per + i)] = int8_t(std::lrint(w[o * per + i] / sw));
+            oscale[size_t(o)] = sx * sw / s_out;
+            bq[o] = b[o] / (sx * sw);
+        }
+        const dt out_t = relu ? dt::u8 : dt::s8;
+        dnnl::post_ops ops;
+        if (res_t != dt::undef) ops.append_sum(sr / s_out, res_t == out_t ? dt::undef : res_t);
+        if (relu) ops.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+        dnnl::primitive_attr attr = Backend::attr();
+        attr.set_output_scales(1 << 1, oscale);
+        attr.set_post_ops(ops);
+        auto& eng = Backend::get().engine();
+        Quant q;
+        q.pd = {{dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, {src, dt::u8, tag::any},
+                 {wei, dt::s8, tag::any}, {{Out}, dt::f32, tag::a}, {dst, out_t, tag::any}, {S, S}, {P, P}, {P, P}},
+                attr, eng};
+        q.prim = dnnl::convolution_forward(q.pd);
+        q.weights = dnnl::memory(q.pd.weights_desc(), eng);
+        q.bias = dnnl::memory(q.pd.bias_desc(), eng);
+        reorder(dnnl::memory({wei, dt::s8, tag::oihw}, eng, wq.data()), q.weights);
+        reorder(view(bq), q.bias);
+        Backend::get().wait();  // wq dies here
+        q.versions = versions(bn);
+        q.scales = sc;
+        q.res_t = res_t;
+        q.relu = relu;
+        return q;
+    }
+
     PlanCache<Plan> plans_;
     Plan* last_ = nullptr;
     PlanCache<Folded> folded_;
+    PlanCache<Quant> quant_;
 };
 
 }  // namespace tlcpu

@@ -9,6 +9,7 @@
 //
 // Parameter names are torchvision's, so a state_dict exported to safetensors loads by name.
 #pragma once
+#include <algorithm>
 #include <array>
 #include <string>
 
@@ -82,20 +83,31 @@ public:
     // keeping what backward needs.
     const dnnl::memory& forward(const dnnl::memory& x, Mode m) {
         if (m == Mode::inference) {
+            auto& be = Backend::get();
+            const bool frozen = !trainable(*this);
+            const dt prec = !frozen || be.calibrating ? dt::f32 : be.frozen_precision;
+            if (prec == dt::s8) return forward_int8(x);
             // Outputs come from the shared activation pool: x is held until the shortcut
             // has read it, g until conv3 has.
-            auto& pool = Backend::get().acts();
-            const dt prec = trainable(*this) ? dt::f32 : Backend::get().frozen_precision;
+            auto& pool = be.acts();
             Backend::BufferPool::Hold keep_x(pool, &x);
+            const bool observe = frozen && be.calibrating;
+            if (observe) act_max[0] = std::max(act_max[0], abs_max(as_f32(x)));
             const auto& h = conv1.forward_folded(x, bn1, true, nullptr, false, prec);
+            if (observe) act_max[1] = std::max(act_max[1], abs_max(h));
             const auto& g = conv2.forward_folded(h, bn2, true, nullptr, false, prec);
+            if (observe) act_max[2] = std::max(act_max[2], abs_max(g));
             Backend::BufferPool::Hold keep_g(pool, &g);
             const dnnl::memory* shortcut = &x;
-            if constexpr (has_projection) shortcut = &down_conv.forward_folded(x, down_bn, false, nullptr, false, prec);
+            if constexpr (has_projection) {
+                shortcut = &down_conv.forward_folded(x, down_bn, false, nullptr, false, prec);
+                if (observe) act_max[3] = std::max(act_max[3], abs_max(*shortcut));
+            }
             // The sum accumulates into the shortcut's buffer: the projection's output, or
             // x when the stage says x is the previous block's output of this same call,
             // read by no one after this. Anything else (a caller's tensor) is copied.
             out_ = conv3.forward_folded(g, bn3, true, shortcut, has_projection || input_is_scratch, prec);
+            if (observe) act_max[4] = std::max(act_max[4], abs_max(out_));
             return out_;
         }
         const auto& h = relu1.forward(bn1.forward(conv1.forward(x, m), m), m);
@@ -129,8 +141,47 @@ public:
         return need_dx ? &grad_add.forward(*main, *shortcut) : nullptr;  // in place over main
     }
 
+    // int8 calibration: the largest value seen of the block's input, conv1's and conv2's
+    // outputs (after their ReLUs), the projection's output and the block's output. Each
+    // becomes the scale of that activation: max / 255 for u8, max / 127 for the s8
+    // projection. 0: not calibrated.
+    std::array<float, 5> act_max{};
+
 private:
     dnnl::memory out_;
+    dnnl::memory xq_f32_;  // calibration: a float copy of an input that came in as bf16
+
+    const dnnl::memory& as_f32(const dnnl::memory& x) {
+        if (x.get_desc().data_type() == dt::f32) return x;
+        return as_desc(x, with_type(x.get_desc(), dt::f32), xq_f32_);
+    }
+
+    // Frozen, int8: every activation inside the block is u8 (ReLU outputs) or s8 (the
+    // projection); an input that is not int8 yet (the stem's output, or a cached activation)
+    // is quantized first with the calibrated input scale. The output is u8 with its scale
+    // recorded, so the next int8 block reads it as is and anything else dequantizes it.
+    const dnnl::memory& forward_int8(const dnnl::memory& x) {
+        auto& be = Backend::get();
+        auto& pool = be.acts();
+        check(act_max[4] > 0.f, "an int8 block without calibration: run calibrate_int8 on the network first");
+        auto scale = [&](int i, float levels) { return std::max(act_max[size_t(i)], 1e-8f) / levels; };
+        Backend::BufferPool::Hold keep_x(pool, &x);
+        dnnl::memory xq = x;
+        const bool quantized_here = x.get_desc().data_type() != dt::u8;
+        if (quantized_here) {
+            xq = pool.take(with_type(x.get_desc(), dt::u8), &x);
+            quantize(x, xq, scale(0, 255.f));
+        }
+        Backend::BufferPool::Hold keep_q(pool, &xq);
+        const auto& h = conv1.forward_int8(xq, bn1, true, nullptr, false, scale(1, 255.f));
+        const auto& g = conv2.forward_int8(h, bn2, true, nullptr, false, scale(2, 255.f));
+        Backend::BufferPool::Hold keep_g(pool, &g);
+        const dnnl::memory* shortcut = &xq;
+        if constexpr (has_projection) shortcut = &down_conv.forward_int8(xq, down_bn, false, nullptr, false, scale(3, 127.f));
+        out_ = conv3.forward_int8(g, bn3, true, shortcut, has_projection || input_is_scratch || quantized_here,
+                                  scale(4, 255.f));
+        return out_;
+    }
 };
 
 // Stage<In, Width, Blocks, Stride, L>: one strided block, then Blocks-1 identical ones.
@@ -207,7 +258,12 @@ class Stem : public Sequential<Named<"conv1", Conv2d<3, C, 7, 2, 3>>, Named<"bn1
 public:
     const dnnl::memory& forward(const dnnl::memory& x, Mode m) {
         if (m != Mode::inference) return Stem::Sequential::forward(x, m);
-        const dt prec = trainable(*this) ? dt::f32 : Backend::get().frozen_precision;
+        auto& be = Backend::get();
+        // int8 starts after the stem: its 3-channel input makes a poor int8 conv, and it is 3%
+        // of the network's work. bf16 is the next best.
+        const dt prec = trainable(*this) || be.calibrating ? dt::f32
+                        : be.frozen_precision == dt::s8    ? dt::bf16
+                                                           : be.frozen_precision;
         const auto& h = this->template get<0>().forward_folded(x, this->template get<1>(), true, nullptr, false, prec);
         return *(this->out_ = &this->template get<3>().forward(h, m));
     }

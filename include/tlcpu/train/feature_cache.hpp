@@ -4,8 +4,11 @@
 // there, with the same parameters, so its checkpoints and best weights are the full
 // network's.
 #pragma once
+#include <array>
+#include <cstdint>
 #include <cstring>
 #include <tuple>
+#include <vector>
 
 #include "tlcpu/layers/batchnorm.hpp"
 #include "tlcpu/models/classifier.hpp"
@@ -116,33 +119,88 @@ public:
     void backward(const Tensor& dlogits) { net.backward(dlogits); }
 };
 
-// The prefix's output for every sample of src, in one plain [N, C, H, W] tensor; the
-// caller checks the size first (prefix_bytes) against its memory budget.
+// Cached activations [N, C, H, W] in the type the prefix produced them in: f32, bf16 from
+// a bf16 prefix, u8 with one scale from an int8 one. Keeping them so loses nothing, and
+// bf16 halves the memory, u8 quarters it. Batches come out as f32.
+class ActivationCache : public BatchSource {
+public:
+    ActivationCache() = default;
+    int64_t size() const override { return int64_t(labels_.size()); }
+    dt type() const { return type_; }
+    size_t bytes() const { return data_.size(); }
+    void load(const std::vector<int64_t>& idx, int, Tensor& x, std::vector<int>& y) override {
+        Shape s{int64_t(idx.size()), sample_[0], sample_[1], sample_[2]};
+        if (x.shape() != s) x = Tensor(s);
+        const int64_t per = sample_[0] * sample_[1] * sample_[2];
+        y.resize(idx.size());
+        for (size_t i = 0; i < idx.size(); ++i) {
+            y[i] = labels_[size_t(idx[i])];
+            const uint8_t* from = data_.data() + idx[i] * per * int64_t(elem_);
+            float* to = x.data() + int64_t(i) * per;
+            if (type_ == dt::f32) {
+                std::memcpy(to, from, size_t(per) * sizeof(float));
+            } else if (type_ == dt::bf16) {  // a bf16 is the top half of the f32 it stands for
+#pragma omp parallel for
+                for (int64_t k = 0; k < per; ++k) {
+                    uint16_t h;
+                    std::memcpy(&h, from + 2 * k, 2);
+                    const uint32_t b = uint32_t(h) << 16;
+                    std::memcpy(to + k, &b, 4);
+                }
+            } else {
+#pragma omp parallel for
+                for (int64_t k = 0; k < per; ++k) to[k] = float(from[k]) * scale_;
+            }
+        }
+    }
+
+private:
+    template <class Net>
+    friend ActivationCache cache_prefix(Net&, Cut, BatchSource&, int);
+    std::vector<uint8_t> data_;
+    std::vector<int> labels_;
+    std::array<int64_t, 3> sample_{};
+    dt type_ = dt::f32;
+    size_t elem_ = 4;
+    float scale_ = 1.f;
+};
+
+inline size_t element_size(dt t) { return t == dt::f32 ? 4 : t == dt::bf16 ? 2 : 1; }
+
+// The prefix's output for every sample of src; the caller checks the size first
+// (prefix_bytes) against its memory budget.
 template <class Net>
-TensorSource cache_prefix(Net& net, Cut cut, BatchSource& src, int batch) {
+ActivationCache cache_prefix(Net& net, Cut cut, BatchSource& src, int batch) {
     check(cut != Cut{0, 0}, "cache_prefix: the cut leaves no frozen prefix to cache");
-    Tensor acts;
-    std::vector<int> labels;
+    ActivationCache c;
+    auto& be = Backend::get();
     for_each_batch(src, batch, [&](int64_t b0, const Tensor& x, const std::vector<int>& y) {
         const dnnl::memory xv = view(x);
         const dnnl::memory& a = forward_prefix(net.backbone, xv, cut);
-        dims d = a.get_desc().dims();
-        if (acts.rank() == 0) acts = Tensor({src.size(), d[1], d[2], d[3]});
+        const dims d = a.get_desc().dims();
+        const dt t = a.get_desc().data_type() == dt::s8 ? dt::f32 : a.get_desc().data_type();
+        if (c.data_.empty()) {
+            c.type_ = t, c.elem_ = element_size(t), c.sample_ = {d[1], d[2], d[3]};
+            c.data_.resize(size_t(src.size() * d[1] * d[2] * d[3]) * c.elem_);
+            if (t == dt::u8) c.scale_ = be.scale_of(a);
+        }
+        check(t == c.type_ && (t != dt::u8 || be.scale_of(a) == c.scale_), "cache_prefix: the prefix's output changed type or scale");
         const int64_t per = d[1] * d[2] * d[3];
-        reorder(a, dnnl::memory(plain_desc(d), Backend::get().engine(), acts.data() + b0 * per));
-        Backend::get().wait();
-        labels.insert(labels.end(), y.begin(), y.end());
+        reorder(a, dnnl::memory({d, t, plain_tag(4)}, be.engine(), c.data_.data() + b0 * per * int64_t(c.elem_)));
+        be.wait();
+        c.labels_.insert(c.labels_.end(), y.begin(), y.end());
     });
-    return TensorSource(std::move(acts), std::move(labels));
+    return c;
 }
 
 // Bytes cache_prefix will hold for n samples of side `size` (one probe forward at batch 1).
 template <class Net>
 int64_t prefix_bytes(Net& net, Cut cut, int64_t n, int size) {
     Tensor probe({1, 3, size, size});
-    const dims d = forward_prefix(net.backbone, view(probe), cut).get_desc().dims();
+    const auto& md = forward_prefix(net.backbone, view(probe), cut).get_desc();
     Backend::get().wait();
-    return n * d[1] * d[2] * d[3] * int64_t(sizeof(float));
+    const dims d = md.dims();
+    return n * d[1] * d[2] * d[3] * int64_t(element_size(md.data_type()));
 }
 
 // The head's input (global average pool of the whole backbone) from cached activations,
