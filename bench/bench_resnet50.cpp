@@ -118,7 +118,7 @@ int main(int argc, char** argv) {
             return 0;
         }
         const ConvFlops cf = conv_flops();
-        // *_bf16: the frozen part runs its folded convolutions in bf16 (trainable layers stay f32)
+        // *_bf16: every convolution in bf16 (frozen: folded; trainable: f32 master weights)
         // *_int8: the frozen blocks in int8 (stem bf16), calibrated on the benchmark's images
         dt frozen = dt::f32;
         if (which.ends_with("_bf16")) frozen = dt::bf16, which.resize(which.size() - 5);
@@ -155,6 +155,8 @@ int main(int argc, char** argv) {
         }
         if (frozen == dt::s8) calibrate_int8(net->backbone, {x});
         Backend::get().frozen_precision = frozen;
+        // bf16 is bf16 throughout, as PyTorch's autocast: the trainable convolutions too
+        if (frozen == dt::bf16) Backend::get().train_precision = dt::bf16;
         for (int i = 0; i < warmup; ++i) step();
         std::vector<double> ips;
         for (int i = 0; i < reps; ++i) {

@@ -75,6 +75,9 @@ public:
     // calibration pass (models/int8.hpp), the stem in bf16. Trainable layers are unaffected;
     // activations leave the frozen part converted back to f32 by the reorder at its edge.
     dt frozen_precision = dt::f32;
+    // Precision of trainable convolutions (forward, backward data and weights): f32, or
+    // bf16 products with f32 accumulation, f32 master weights and f32 weight gradients.
+    dt train_precision = dt::f32;
     // Set during an int8 calibration pass: frozen blocks run in f32 and record the largest
     // value of each activation they produce.
     bool calibrating = false;

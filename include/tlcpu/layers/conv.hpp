@@ -35,9 +35,14 @@ public:
         if constexpr (Bias) f(prefix + "bias", bias);
     }
 
+    // In Backend::train_precision: f32, or bf16 with f32 master weights, f32 weight
+    // gradients and f32 activations outside the conv (its input and output gradient become
+    // bf16 at its edge, its output and input gradient come out f32).
     const dnnl::memory& forward(const dnnl::memory& x, Mode mode) {
-        Plan& p = plans_.get(x.get_desc(), mode, [&] { return make(x.get_desc(), mode); });
         auto& be = Backend::get();
+        Plan* pp = &plans_.get(x.get_desc(), mode, [&] { return make(x.get_desc(), mode, be.train_precision); });
+        if (pp->precision != be.train_precision) *pp = make(x.get_desc(), mode, be.train_precision);
+        Plan& p = *pp;
         if (p.weight_version != weight.version) {
             reorder(view(weight.value), p.weights);
             p.weight_version = weight.version;
@@ -137,8 +142,10 @@ public:
         Backward& b = *p.bwd;
         auto& be = Backend::get();
         ++backward_runs;
+        const dnnl::memory* g_w = nullptr;  // dy as backward-weights read it (bf16: converted once for both)
         if (weight.trainable) {
             const dnnl::memory& g = as_desc(dy, b.wpd.diff_dst_desc(), b.dy_w);
+            g_w = &g;
             const dnnl::memory& src = as_desc(p.src, b.wpd.src_desc(), b.src);
             std::unordered_map<int, dnnl::memory> args{
                 {DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, g}, {DNNL_ARG_DIFF_WEIGHTS, b.diff_weights}};
@@ -151,7 +158,7 @@ public:
             reorder(view(weight.value), b.weights);
             b.weight_version = weight.version;
         }
-        const dnnl::memory& g = as_desc(dy, b.dpd.diff_dst_desc(), b.dy_d);
+        const dnnl::memory& g = g_w && g_w->get_desc() == b.dpd.diff_dst_desc() ? *g_w : as_desc(dy, b.dpd.diff_dst_desc(), b.dy_d);
         b.diff_src = be.grads().take(b.dpd.diff_src_desc(), &dy);
         be.run(b.dprim, {{DNNL_ARG_DIFF_DST, g}, {DNNL_ARG_WEIGHTS, b.weights}, {DNNL_ARG_DIFF_SRC, b.diff_src}});
         return &b.diff_src;
@@ -172,31 +179,33 @@ private:
         dnnl::memory weights, dst, src_scratch, src;  // src: what the last forward read
         uint64_t weight_version = 0;
         Mode mode = Mode::inference;
+        dt precision = dt::f32;
         std::unique_ptr<Backward> bwd;
     };
 
-    static auto any(const dims& d) { return dnnl::memory::desc(d, dt::f32, tag::any); }
+    static auto any(const dims& d, dt t = dt::f32) { return dnnl::memory::desc(d, t, tag::any); }
 
     static Backward make_backward(const Plan& p) {
         auto& eng = Backend::get().engine();
         const dims src = p.pd.src_desc().dims(), dst = p.pd.dst_desc().dims(), wei{Out, In, K, K};
         const auto algo = dnnl::algorithm::convolution_direct;
+        const dt t = p.precision;  // what the products run in; gradients leave in f32
         Backward b;
-        auto wdesc = Bias ? dnnl::convolution_backward_weights::desc(algo, any(src), any(wei),
+        auto wdesc = Bias ? dnnl::convolution_backward_weights::desc(algo, any(src, t), any(wei),
                                                                       dnnl::memory::desc({Out}, dt::f32, tag::a),
-                                                                      any(dst), {S, S}, {P, P}, {P, P})
-                          : dnnl::convolution_backward_weights::desc(algo, any(src), any(wei), any(dst), {S, S},
+                                                                      any(dst, t), {S, S}, {P, P}, {P, P})
+                          : dnnl::convolution_backward_weights::desc(algo, any(src, t), any(wei), any(dst, t), {S, S},
                                                                       {P, P}, {P, P});
         b.wpd = {wdesc, Backend::attr(), eng, p.pd};
         b.wprim = dnnl::convolution_backward_weights(b.wpd);
         b.diff_weights = dnnl::memory(b.wpd.diff_weights_desc(), eng);
-        b.dpd = {{algo, any(src), any(wei), any(dst), {S, S}, {P, P}, {P, P}}, Backend::attr(), eng, p.pd};
+        b.dpd = {{algo, any(src), any(wei, t), any(dst, t), {S, S}, {P, P}, {P, P}}, Backend::attr(), eng, p.pd};
         b.dprim = dnnl::convolution_backward_data(b.dpd);
         b.weights = dnnl::memory(b.dpd.weights_desc(), eng);
         return b;
     }
 
-    static Plan make(const dnnl::memory::desc& xd, Mode mode) {
+    static Plan make(const dnnl::memory::desc& xd, Mode mode, dt t) {
         dims d = xd.dims();
         check(d.size() == 4 && d[1] == In,
               "Conv2d<" + std::to_string(In) + "," + std::to_string(Out) + ",...> got input " +
@@ -207,11 +216,11 @@ private:
                                             : dnnl::prop_kind::forward_training;
         dims src{d[0], In, d[2], d[3]}, wei{Out, In, K, K}, dst{d[0], Out, oh, ow};
         auto desc = Bias ? dnnl::convolution_forward::desc(
-                               prop, dnnl::algorithm::convolution_direct, any(src), any(wei),
+                               prop, dnnl::algorithm::convolution_direct, any(src, t), any(wei, t),
                                dnnl::memory::desc({Out}, dt::f32, tag::a), any(dst), {S, S},
                                {P, P}, {P, P})
                          : dnnl::convolution_forward::desc(prop, dnnl::algorithm::convolution_direct,
-                                                           any(src), any(wei), any(dst), {S, S},
+                                                           any(src, t), any(wei, t), any(dst), {S, S},
                                                            {P, P}, {P, P});
         Plan p;
         auto& eng = Backend::get().engine();
@@ -220,6 +229,7 @@ private:
         p.weights = dnnl::memory(p.pd.weights_desc(), eng);
         p.dst = dnnl::memory(p.pd.dst_desc(), eng);
         p.mode = mode;
+        p.precision = t;
         return p;
     }
 
