@@ -333,7 +333,8 @@ int main(int argc, char** argv) {
     CLI11_PARSE(app, argc, argv);
 
     try {
-        fs::create_directories(c.out);
+        if (std::error_code ec; !fs::create_directories(c.out, ec) && ec)
+            fail(c.out + ": cannot create the output folder (" + ec.message() + ")");
         if (rank0) {
             std::ofstream cfg(fs::path(c.out) / "config.toml");
             cfg << app.config_to_str(true, false);
