@@ -27,9 +27,18 @@ for k in $(seq "$kills"); do
   [ -f "$run/checkpoint.safetensors" ] && resume=(--resume)
   "$build/apps/train_cpu" "${args[@]}" --out "$run" "${resume[@]}" >> "$out/killed.log" 2>&1 &
   pid=$!
-  # Somewhere in 15-70% of an uninterrupted run's time, so kills land in every part of it
-  # (start-up, epochs, validation, checkpoint writes) while each resumed run still advances.
-  ms=$((clean_ms * (15 + RANDOM % 56) / 100))
+  # Somewhere in 15-70% of what is left of an uninterrupted run's time (its share of the 5
+  # epochs not yet checkpointed), so kills land in every part of it (start-up, epochs,
+  # validation, checkpoint writes) while each resumed run still advances, and a resumed run
+  # is not done before its kill even when the machine's load changes.
+  left=5
+  [ -f "$run/checkpoint.safetensors" ] && left=$((5 - $(/usr/bin/python3 -c '
+import json, struct, sys
+b = open(sys.argv[1], "rb").read(1 << 20)
+m = json.loads(b[8:8 + struct.unpack("<Q", b[:8])[0]])["__metadata__"]
+print(int(m["epochs_done"]) + (3 if m["phase"] == "2" else 0))' "$run/checkpoint.safetensors")))
+  [ $left -ge 1 ] || left=1  # all epochs done: the evaluation and the report are left
+  ms=$((clean_ms * left * (15 + RANDOM % 56) / 500))
   sleep "$((ms / 1000)).$(printf %03d $((ms % 1000)))"
   if kill -9 "$pid" 2> /dev/null; then
     wait "$pid" 2> /dev/null || true
