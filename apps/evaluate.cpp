@@ -1,5 +1,7 @@
 // evaluate: a trained model (best.safetensors from train_cpu) on a folder of class
 // subfolders: confusion matrix and a scikit-learn-style classification report.
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
 
@@ -12,7 +14,7 @@ using namespace tlcpu;
 
 int main(int argc, char** argv) {
     std::string model, dir, json, exclude, split, subset = "val";
-    int batch = 32;
+    int batch = 32, decode_mb = 0;
     CLI::App app{"Evaluate a trained tlcpu model on a folder of class subfolders"};
     app.add_option("--model", model, "best.safetensors written by train_cpu")->required();
     app.add_option("--data", dir, "Folder of class subfolders; names must be the model's classes")->required();
@@ -21,6 +23,8 @@ int main(int argc, char** argv) {
     app.add_option("--split", split, "split.tsv of a train_cpu run: evaluate only its --subset files");
     app.add_option("--subset", subset, "With --split: train or val")->check(CLI::IsMember({"train", "val"}))->capture_default_str();
     app.add_option("--batch", batch, "Images per forward pass")->capture_default_str();
+    app.add_option("--decode-mb", decode_mb, "Cap in MB on the decoded images kept in memory (0: half the physical memory); over it, images are decoded from disk as they are evaluated")
+        ->capture_default_str();
     CLI11_PARSE(app, argc, argv);
     try {
         const auto f = io::SafeTensors::open(model);
@@ -37,18 +41,24 @@ int main(int argc, char** argv) {
         dopt.size = std::stoi(f.meta("input_size", "224"));
         dopt.resize = f.meta("resize", "antialias") == "nearest" ? data::Resize::nearest : data::Resize::antialias;
         if (!exclude.empty()) dopt.exclude = data::read_exclude_list(exclude);
+        dopt.over_cap = data::OverCap::stream;
+        dopt.max_bytes = decode_mb > 0 ? uint64_t(decode_mb) << 20
+                                       : uint64_t(sysconf(_SC_PHYS_PAGES)) * uint64_t(sysconf(_SC_PAGE_SIZE)) / 2;
+        if (!split.empty()) {
+            // Only the subset is decoded; files the split does not list (a run on a subset)
+            // are simply not evaluated.
+            const auto subsets = data::read_split_tsv(split);
+            std::vector<data::FileEntry> keep;
+            for (const auto& e : folder.files) {
+                auto it = subsets.find(data::detail::relative_to(e.path, dir));
+                if (it != subsets.end() && it->second == subset) keep.push_back(e);
+            }
+            check(!keep.empty(), split + ": lists no " + subset + " file of " + dir);
+            folder.files = std::move(keep);
+        }
         const auto set = data::decode_folder(folder, dopt);
         std::vector<int64_t> idx;
-        if (split.empty()) {
-            for (size_t i = 0; i < set.files.size(); ++i) idx.push_back(int64_t(i));
-        } else {
-            // Files the split does not list (a run on a subset) are simply not evaluated.
-            const auto subsets = data::read_split_tsv(split);
-            for (size_t i = 0; i < set.files.size(); ++i) {
-                auto it = subsets.find(data::detail::relative_to(set.files[i].path, dir));
-                if (it != subsets.end() && it->second == subset) idx.push_back(int64_t(i));
-            }
-        }
+        for (size_t i = 0; i < set.files.size(); ++i) idx.push_back(int64_t(i));
         check(!idx.empty(), dir + ": no images to evaluate");
         const Preprocessing pre = preprocessing_of(f);
         ClassificationReport rep;

@@ -271,7 +271,8 @@ void run(const Config& c, const io::SafeTensors& weights, const Preprocessing& p
     for (size_t i = 0; i < pred.truth.size() && in.misclassified.size() < 24; ++i) {
         if (pred.truth[i] == pred.predicted[i]) continue;
         const size_t file = size_t(split.val[i]);
-        Image im{set.size, set.size, std::vector<uint8_t>(set.image(file), set.image(file) + size_t(set.size) * set.size * 3)};
+        Image im{set.size, set.size, std::vector<uint8_t>(set.image_bytes())};
+        set.read_image(file, im.rgb.data());
         Image th = resize(im, 112, 112);
         in.misclassified.push_back({set.files[file].path, pred.truth[i], pred.predicted[i], pred.probs[i], th.rgb, 112, 112});
     }
@@ -348,14 +349,15 @@ int main(int argc, char** argv) {
         ->check(CLI::IsMember({"f32", "bf16"}))->capture_default_str();
     app.add_option("--calibration-images", c.calibration_images, "With --frozen-precision int8: training images the activation scales are calibrated on")
         ->check(CLI::PositiveNumber)->capture_default_str();
-    app.add_option("--decode-mb", c.decode_mb, "Cap in MB on the decoded images kept in memory (0: half the physical memory); a folder over it is refused before decoding")
+    app.add_option("--decode-mb", c.decode_mb, "Cap in MB on the decoded images kept in memory (0: half the physical memory); over it, images are decoded from disk every epoch instead")
         ->capture_default_str();
     app.add_option("--cache-mb", c.cache_mb, "Without augmentation, cache the frozen prefix's output up to this many MB (0: never)")->capture_default_str();
     app.add_flag("--resume", c.resume, "Continue from RUN_DIR/checkpoint.safetensors");
     CLI11_PARSE(app, argc, argv);
 
     try {
-        fs::create_directories(c.out);
+        if (std::error_code ec; !fs::create_directories(c.out, ec) && ec)
+            fail(c.out + ": cannot create the output folder (" + ec.message() + ")");
         if (rank0) {
             std::ofstream cfg(fs::path(c.out) / "config.toml");
             cfg << app.config_to_str(true, false);
@@ -381,16 +383,19 @@ int main(int argc, char** argv) {
         dopt.size = c.size;
         dopt.resize = c.resize == "nearest" ? data::Resize::nearest : data::Resize::antialias;
         if (!c.exclude.empty()) dopt.exclude = data::read_exclude_list(c.exclude);
-        // Decoded images stay in memory for the whole run: refuse up front what cannot fit.
+        // Decoded images stay in memory for the whole run; a folder over the cap is decoded
+        // from disk every epoch instead (decode_folder prints a notice), so memory stays bounded.
+        dopt.over_cap = data::OverCap::stream;
         dopt.max_bytes = c.decode_mb > 0 ? uint64_t(c.decode_mb) << 20
                                          : uint64_t(sysconf(_SC_PHYS_PAGES)) * uint64_t(sysconf(_SC_PAGE_SIZE)) / 2;
         const auto t0 = std::chrono::steady_clock::now();
         const auto set = data::decode_folder(folder, dopt);
-        std::printf("tlcpu train_cpu: %zu images in %zu classes decoded in %.1f s (%zu unreadable, %d excluded), %.0f MB cached; "
+        std::printf("tlcpu train_cpu: %zu images in %zu classes decoded in %.1f s (%zu unreadable, %d excluded), %s; "
                     "ResNet-50 %s, layout %s, %s preprocessing, frozen layers in %s, trainable in %s, %d threads%s\n",
                     set.files.size(), set.classes.size(),
                     std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), set.skipped.size(),
-                    set.excluded, double(set.bytes()) / 1e6, c5 ? "c5" : "c4", layout == Layout::v1 ? "v1" : "v1.5",
+                    set.excluded,
+                    set.streamed ? "streamed from disk every epoch" : (std::to_string(std::llround(double(set.bytes()) / 1e6)) + " MB cached").c_str(), c5 ? "c5" : "c4", layout == Layout::v1 ? "v1" : "v1.5",
                     pre.mode == Preprocess::caffe ? "caffe" : "torch", c.frozen_precision.c_str(), c.precision.c_str(), omp_get_max_threads(),
                     replicas ? (" x " + std::to_string(replicas->size()) + " MPI ranks").c_str() : "");
         const int k = int(set.classes.size());

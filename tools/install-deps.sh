@@ -12,6 +12,8 @@ packages=(
   libeigen3-dev libcli11-dev doctest-dev nlohmann-json3-dev libstb-dev
   libopenmpi-dev openmpi-bin  # data parallelism (TLCPU_WITH_MPI): the mpi tests and bench
   python3 python3-torch python3-torchvision python3-numpy  # bench/ and fixture regeneration
+  clang-14 libclang-rt-14-dev  # libFuzzer and its sanitizers for tests/fuzz/ (g++ has no libFuzzer)
+  strace                # the crash drill injects kills and ENOSPC into checkpoint writes
 )
 
 # Only the ones missing, so a re-run skips apt-get update, which is the slow part.

@@ -1,12 +1,27 @@
 #!/usr/bin/env bash
 # The project's one test command (README and .ci/run both use this file).
-# Run from anywhere; it works in the repository root. The build dir is the clone's own
-# build/, so a fresh clone always gets a fresh one.
+# Run from anywhere; it works in the repository root. The build dirs are the clone's own
+# build*/, so a fresh clone always gets fresh ones.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install-deps.sh
-# With MPI, so the data-parallel tests (CTest label mpi) run too; the core needs none.
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DTLCPU_WITH_MPI=ON && cmake --build build -j2 && ctest --test-dir build --output-on-failure
+# With MPI, so the data-parallel tests (CTest label mpi) run too; the core needs none. This
+# Release tree builds the apps and runs every test but the doctest suite: install, compile,
+# end-to-end, crash drill, MPI and fuzz replays.
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DTLCPU_WITH_MPI=ON -DTLCPU_BUILD_DOCTEST=OFF
+cmake --build build -j2 && ctest --test-dir build --output-on-failure
 # The default build has no MPI: compile train_cpu without it (one translation unit that
 # includes the whole core), so nothing outside dist/ comes to need MPI unnoticed.
 cmake -S . -B build-nompi -DCMAKE_BUILD_TYPE=Release -DTLCPU_WITH_MPI=OFF && cmake --build build-nompi -j2 --target train_cpu
+# The doctest suite (unit and fixture) and the fuzz replays under AddressSanitizer,
+# LeakSanitizer and UBSan; any report fails its test. -O1: -O0 runs the numeric tests several
+# times slower, -O2 compiles longer. The suite runs here only, not at -O3 as well: both
+# builds would not fit CI's time (README, "Tests").
+san="-fsanitize=address,undefined -fno-sanitize-recover=all"
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Asan -DCMAKE_CXX_FLAGS_ASAN="-O1 -g1 -fno-omit-frame-pointer $san" \
+  -DCMAKE_EXE_LINKER_FLAGS_ASAN="$san" -DTLCPU_WITH_MPI=OFF -DTLCPU_BUILD_APPS=OFF -DTLCPU_BUILD_BENCH=OFF
+cmake --build build-asan -j2 --target tlcpu_tests tlcpu_fuzz_replay_safetensors tlcpu_fuzz_replay_image
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+  ctest --test-dir build-asan --output-on-failure -R '^(unit|fixture|fuzz_replay_.*)$'
+# The two libFuzzer targets, 60 s each, at once (tests/fuzz/run.sh): any finding fails.
+bash tests/fuzz/run.sh build-fuzz 60

@@ -94,26 +94,67 @@ struct ImageFolder {
 
 enum class Resize { antialias, nearest };  // antialias: stb_image_resize; nearest: Keras' default (PIL NEAREST)
 
+// What decode_folder does when the decoded images would exceed DecodeOptions::max_bytes.
+enum class OverCap {
+    refuse,  // an Error with the numbers, before any decoding
+    stream,  // keep going: check every file once, keep no pixels, decode again on every read
+};
+
 struct DecodeOptions {
     int size = 224;
     Resize resize = Resize::antialias;
     bool strict = false;                // an unreadable file is an Error instead of a warning
     std::set<std::string> exclude{};    // files to skip unread, matched by class_file_key(): see read_exclude_list
-    std::FILE* warnings = stderr;       // one line per skipped file; nullptr: silent
-    // Cap on the decoded images' memory: a folder that would not fit is refused before any
-    // decoding, with the numbers, instead of swapping or being killed hours later. 0: none.
+    std::FILE* warnings = stderr;       // one line per skipped file, and the streaming notice; nullptr: silent
+    // Cap on the decoded images' memory, so a folder that would not fit does not swap or get
+    // killed hours later; over_cap says what happens then. 0: no cap.
     uint64_t max_bytes = 0;
+    OverCap over_cap = OverCap::refuse;
 };
+
+// One file decoded and resized to size x size RGB at dst, exactly as every image of a
+// DecodedSet is made, cached or streamed. Returns "" or why the file is unusable; never throws.
+inline std::string try_decode_resized(const std::string& path, int size, Resize resize, uint8_t* dst) {
+    try {
+        Image im;
+        if (std::string why = try_decode_image(path, im); !why.empty()) return why;
+        if (resize == Resize::nearest) resize_nearest_into(im, size, size, dst);
+        else resize_into(im, size, size, dst);
+        return "";
+    } catch (const std::exception& e) {  // nothing may leave an OpenMP region
+        return e.what();
+    }
+}
 
 struct DecodedSet {
     int size = 0;
+    Resize resize = Resize::antialias;
     std::vector<std::string> classes;
     std::vector<FileEntry> files;       // the decoded ones, in folder order
-    std::vector<uint8_t> pixels;        // files.size() x size x size x 3, RGB
+    std::vector<uint8_t> pixels;        // files.size() x size x size x 3, RGB; empty when streamed
+    // Over DecodeOptions::max_bytes with OverCap::stream: no pixels are kept, read_image()
+    // decodes the file again each time (the same bytes as a cached set would hold).
+    bool streamed = false;
     std::vector<std::pair<std::string, std::string>> skipped;  // (path, reason), unreadable
     int excluded = 0;                   // files matched by DecodeOptions::exclude
 
-    const uint8_t* image(size_t i) const { return pixels.data() + i * size_t(size) * size_t(size) * 3; }
+    size_t image_bytes() const { return size_t(size) * size_t(size) * 3; }
+    // Cached sets only: a pointer into pixels.
+    const uint8_t* image(size_t i) const {
+        if (streamed) fail(files.at(i).path + ": a streamed DecodedSet keeps no pixels; use read_image()");
+        return pixels.data() + i * image_bytes();
+    }
+    // Image i (size x size x 3) into dst, from memory or, streamed, from its file. A file that
+    // became unreadable since decode_folder checked it is an Error naming it.
+    void read_image(size_t i, uint8_t* dst) const {
+        if (!streamed) {
+            std::memcpy(dst, image(i), image_bytes());
+            return;
+        }
+        const std::string& path = files.at(i).path;
+        if (std::string why = try_decode_resized(path, size, resize, dst); !why.empty())
+            fail(path + ": " + why + " (it decoded when the folder was scanned)");
+    }
     size_t bytes() const { return pixels.size(); }
 };
 
@@ -124,6 +165,7 @@ inline DecodedSet decode_folder(const ImageFolder& folder, const DecodeOptions& 
     if (opt.size <= 0) fail("decode_folder: image size must be positive, got " + std::to_string(opt.size));
     DecodedSet out;
     out.size = opt.size;
+    out.resize = opt.resize;
     out.classes = folder.classes;
 
     const size_t n_classes = folder.classes.size();
@@ -144,30 +186,37 @@ inline DecodedSet decode_folder(const ImageFolder& folder, const DecodeOptions& 
             ++out.excluded;
         }
     }
-    const size_t px = size_t(opt.size) * size_t(opt.size) * 3;
+    const size_t px = out.image_bytes();
     const int64_t n = int64_t(todo.size());
-    if (opt.max_bytes && todo.size() * px > opt.max_bytes) {
+    if (opt.max_bytes && px > opt.max_bytes)  // not even streaming can stay under the cap
+        fail(folder.root.string() + ": one image at " + std::to_string(opt.size) + "x" + std::to_string(opt.size) +
+             " needs " + std::to_string(px) + " bytes, over the cap of " + std::to_string(opt.max_bytes) + " bytes");
+    // Compared by division: todo.size() * px can overflow for absurd sizes.
+    if (opt.max_bytes && todo.size() > opt.max_bytes / px) {
         char msg[160];
         std::snprintf(msg, sizeof msg, "%lld images at %dx%d needs %.1f MB, over the cap of %.1f MB", static_cast<long long>(n),
-                      opt.size, opt.size, double(todo.size() * px) / (1 << 20), double(opt.max_bytes) / (1 << 20));
-        fail(folder.root.string() + ": decoding " + msg +
-             "; use fewer images (an exclusion list, a per-class limit), a smaller size, or a larger cap");
+                      opt.size, opt.size, double(todo.size()) * double(px) / (1 << 20), double(opt.max_bytes) / (1 << 20));
+        if (opt.over_cap == OverCap::refuse)
+            fail(folder.root.string() + ": decoding " + msg +
+                 "; use fewer images (an exclusion list, a per-class limit), a smaller size, or a larger cap");
+        out.streamed = true;
+        if (opt.warnings)
+            std::fprintf(opt.warnings,
+                         "tlcpu: notice: %s: decoding %s; the images are checked now and decoded from disk again "
+                         "at every read instead of kept in memory (slower, memory stays bounded)\n",
+                         folder.root.string().c_str(), msg);
     }
-    out.pixels.resize(todo.size() * px);
+    // Streamed, each thread decodes into its own scratch image, only to learn which files are readable.
+    if (!out.streamed) out.pixels.resize(todo.size() * px);
     std::vector<std::string> why(todo.size());
 
-#pragma omp parallel for schedule(dynamic, 4)
-    for (int64_t k = 0; k < n; ++k) {
-        const std::string& path = folder.files[todo[size_t(k)]].path;
-        try {
-            Image im;
-            why[size_t(k)] = try_decode_image(path, im);
-            if (!why[size_t(k)].empty()) continue;
-            uint8_t* dst = out.pixels.data() + size_t(k) * px;
-            if (opt.resize == Resize::nearest) resize_nearest_into(im, opt.size, opt.size, dst);
-            else resize_into(im, opt.size, opt.size, dst);
-        } catch (const std::exception& e) {  // nothing may leave an OpenMP region
-            why[size_t(k)] = e.what();
+#pragma omp parallel
+    {
+        std::vector<uint8_t> scratch(out.streamed ? px : 0);
+#pragma omp for schedule(dynamic, 4)
+        for (int64_t k = 0; k < n; ++k) {
+            uint8_t* dst = out.streamed ? scratch.data() : out.pixels.data() + size_t(k) * px;
+            why[size_t(k)] = try_decode_resized(folder.files[todo[size_t(k)]].path, opt.size, opt.resize, dst);
         }
     }
 
@@ -179,7 +228,7 @@ inline DecodedSet decode_folder(const ImageFolder& folder, const DecodeOptions& 
             ++unreadable[size_t(f.label)];
             continue;
         }
-        if (kept != k) std::memmove(out.pixels.data() + kept * px, out.pixels.data() + k * px, px);
+        if (kept != k && !out.streamed) std::memmove(out.pixels.data() + kept * px, out.pixels.data() + k * px, px);
         out.files.push_back(f);
         ++decoded[size_t(f.label)];
         ++kept;
@@ -193,13 +242,16 @@ inline DecodedSet decode_folder(const ImageFolder& folder, const DecodeOptions& 
     if (opt.warnings)
         for (const auto& [path, reason] : out.skipped)
             std::fprintf(opt.warnings, "tlcpu: warning: skipping %s: %s\n", path.c_str(), reason.c_str());
+    // A class the caller gave no files of (evaluate on a split's subset) is theirs to judge.
     for (size_t c = 0; c < n_classes; ++c)
-        if (decoded[c] == 0)
+        if (decoded[c] == 0 && listed[c] > 0)
             fail((folder.root / folder.classes[c]).string() + ": no readable image in this class folder (" +
                  std::to_string(listed[c]) + " files: " + std::to_string(unreadable[c]) + " unreadable, " +
                  std::to_string(excluded[c]) + " excluded)");
-    out.pixels.resize(kept * px);
-    if (kept < todo.size()) out.pixels.shrink_to_fit();
+    if (!out.streamed) {
+        out.pixels.resize(kept * px);
+        if (kept < todo.size()) out.pixels.shrink_to_fit();
+    }
     return out;
 }
 

@@ -71,11 +71,13 @@ public:
         const Shape shape{int64_t(indices.size()), 3, s, s};
         if (x.shape() != shape) x = Tensor(shape);
         y.resize(indices.size());
+        std::vector<uint8_t> streamed(set_.streamed ? set_.image_bytes() : 0);  // per call: fill runs on two threads
         for (size_t i = 0; i < indices.size(); ++i) {
             const int64_t file = idx_[size_t(indices[i])];
             const AffineDraw d = aug_.any() ? draw(aug_, seed_, uint64_t(epoch), uint64_t(file)) : AffineDraw{};
-            augment_preprocess(set_.image(size_t(file)), s, d, pre_.mode, pre_.caffe_mean_bgr,
-                               x.data() + int64_t(i) * 3 * s * s);
+            const uint8_t* im = set_.streamed ? (set_.read_image(size_t(file), streamed.data()), streamed.data())
+                                              : set_.image(size_t(file));
+            augment_preprocess(im, s, d, pre_.mode, pre_.caffe_mean_bgr, x.data() + int64_t(i) * 3 * s * s);
             y[i] = set_.files[size_t(file)].label;
         }
     }

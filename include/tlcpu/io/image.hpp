@@ -8,6 +8,7 @@
 #include <fstream>
 #include <iterator>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <stb_image.h>
@@ -28,21 +29,84 @@ struct Image {
 // Pillow's MAX_IMAGE_PIXELS; MRI slices are far below it.
 inline int64_t max_image_pixels = 89'478'485;
 
-// Decodes without throwing, so it can run inside an OpenMP loop: returns "" on success,
-// otherwise why the file is unusable (the caller names the file).
-inline std::string try_decode_image(const std::string& path, Image& out) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) return "cannot open the file";
-    std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(in)), {});
-    if (in.bad()) return "read error";
-    if (bytes.empty()) return "the file is empty";
+// Files larger than this are refused before they are read, so a huge file named .jpg
+// cannot take the memory: stb_image takes the length as an int (2 GiB), and at the pixel
+// limit no file of a format decoded here needs more (a 16-bit RGBA PNG stored without
+// compression at 89.5 M pixels is 716 MB).
+inline int64_t max_image_file_bytes = int64_t(1) << 30;
+
+namespace detail {
+
+// Only JPEG, PNG and BMP reach stb_image, recognised by their signatures. Its other decoders
+// (GIF, PSD, PIC, HDR, PNM, TGA) are not needed for scans, TGA has no signature at all (so
+// arbitrary bytes can pass for one), and Debian 12's stb_image 2.27 has memory-safety bugs
+// in several of them.
+inline const char* image_format(const unsigned char* p, size_t n) {
+    if (n >= 3 && p[0] == 0xFF && p[1] == 0xD8 && p[2] == 0xFF) return "JPEG";
+    if (n >= 8 && std::memcmp(p, "\x89PNG\r\n\x1a\n", 8) == 0) return "PNG";
+    if (n >= 2 && p[0] == 'B' && p[1] == 'M') return "BMP";
+    return nullptr;
+}
+
+// Two faults of a JPEG that stb_image 2.27 does not catch, found here before it sees the file:
+// - A Huffman table whose 16 code counts add up to more than 256: stb writes that many
+//   symbols into a 256-entry table, over the rest of its decoder state (stbi_info runs into
+//   it too). Corrupt by the standard. The walk finds the tables where stb does: marker
+//   segments by their length, any bytes between them (entropy-coded data, padding) scanned
+//   for the next 0xFF marker, since progressive files define tables between scans.
+// - No end-of-image marker after the last scan: a truncated file. stb decodes the missing
+//   part from zero bits and reports success, so half an image would train as a whole one;
+//   Pillow (what Keras reads with) refuses it too. Entropy-coded data cannot hold FFD9.
+// Returns "" or the fault.
+inline std::string jpeg_fault(const unsigned char* p, size_t n) {
+    for (size_t i = 2; i + 3 < n;) {  // from past SOI, while a marker and its length fit
+        const unsigned m = p[i + 1];
+        if (p[i] != 0xFF || m == 0xFF) {  // data, padding or fill bytes
+            ++i;
+            continue;
+        }
+        if (m == 0xD9) break;  // EOI: stb reads no further
+        if (m == 0x00 || m == 0x01 || (m >= 0xD0 && m <= 0xD8)) {  // stuffed 0xFF, TEM, RSTn, SOI: no length
+            i += 2;
+            continue;
+        }
+        const size_t len = size_t(p[i + 2]) << 8 | p[i + 3], end = i + 2 + len;
+        if (m == 0xC4)  // DHT: tables while stb's remaining length L = len - 2 - consumed is positive
+            for (size_t t = i + 4; t < end && t + 17 <= n;) {
+                unsigned count = 0;
+                for (size_t k = 1; k <= 16; ++k) count += p[t + k];
+                if (count > 256)
+                    return "corrupt JPEG: a Huffman table of " + std::to_string(count) + " codes (at most 256)";
+                t += 17 + count;
+            }
+        i = end;
+    }
+    const std::string_view b(reinterpret_cast<const char*>(p), n);
+    const size_t sos = b.rfind("\xFF\xDA");
+    if (sos != b.npos && b.find("\xFF\xD9", sos) == b.npos)
+        return "truncated JPEG: no end-of-image marker after the last scan";
+    return "";
+}
+
+}  // namespace detail
+
+// Decodes bytes already in memory; the same checks and messages as try_decode_image.
+inline std::string try_decode_image_memory(const unsigned char* data, size_t size, Image& out) {
+    if (size == 0) return "the file is empty";
+    if (size > size_t(max_image_file_bytes))
+        return std::to_string(size) + " bytes is over the limit of " + std::to_string(max_image_file_bytes) +
+               " (tlcpu::max_image_file_bytes)";
+    const char* format = detail::image_format(data, size);
+    if (!format) return "not a decodable image (not JPEG, PNG or BMP)";
+    if (format[0] == 'J')
+        if (std::string why = detail::jpeg_fault(data, size); !why.empty()) return "not a decodable image (" + why + ")";
     int w = 0, h = 0, c = 0;
-    if (stbi_info_from_memory(bytes.data(), int(bytes.size()), &w, &h, &c) && int64_t(w) * h > max_image_pixels)
+    if (stbi_info_from_memory(data, int(size), &w, &h, &c) && int64_t(w) * h > max_image_pixels)
         return std::to_string(w) + "x" + std::to_string(h) + " pixels is over the limit of " +
                std::to_string(max_image_pixels) + " (tlcpu::max_image_pixels); refused before decoding";
     // Forcing 3 components makes stb convert gray and RGBA to RGB (alpha dropped, as PIL's
     // convert("RGB") does); c still reports what the file holds.
-    unsigned char* px = stbi_load_from_memory(bytes.data(), int(bytes.size()), &w, &h, &c, 3);
+    unsigned char* px = stbi_load_from_memory(data, int(size), &w, &h, &c, 3);
     if (!px) {
         const char* why = stbi_failure_reason();  // a static string, thread-local since stb 2.26
         return std::string("not a decodable image (") + (why ? why : "unknown reason") + ")";
@@ -53,6 +117,25 @@ inline std::string try_decode_image(const std::string& path, Image& out) {
     out.rgb.assign(px, px + size_t(w) * size_t(h) * 3);
     stbi_image_free(px);
     return "";
+}
+
+// Decodes without throwing, so it can run inside an OpenMP loop: returns "" on success,
+// otherwise why the file is unusable (the caller names the file).
+inline std::string try_decode_image(const std::string& path, Image& out) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return "cannot open the file";
+    // Read at most one byte past the limit: enough to refuse the file without holding it.
+    std::vector<unsigned char> bytes;
+    const size_t cap = size_t(max_image_file_bytes) + 1;
+    for (char buf[1 << 16]; bytes.size() < cap && in;) {
+        in.read(buf, std::streamsize(std::min(sizeof buf, cap - bytes.size())));
+        bytes.insert(bytes.end(), buf, buf + in.gcount());
+    }
+    if (in.bad()) return "read error";
+    if (bytes.size() == cap)
+        return "over " + std::to_string(max_image_file_bytes) +
+               " bytes (tlcpu::max_image_file_bytes); refused before reading the rest";
+    return try_decode_image_memory(bytes.data(), bytes.size(), out);
 }
 
 inline Image decode_image(const std::string& path) {

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Builds the two libFuzzer targets with clang (-fsanitize=fuzzer,address,undefined) and runs
+# each for a bounded time from the seed corpus and every past finding; fails on any finding.
+# A finding is saved as OUT/artifacts/<target>-crash-... : fix the library, then copy it
+# into tests/fuzz/regressions/<target>/, where CTest's fuzz_replay_* tests replay it.
+# Args: OUT_DIR [SECONDS per target, default 60]. Both targets run at once (one core each).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+src=$(cd "$here/../.." && pwd)
+out=$1 secs=${2:-60}
+mkdir -p "$out/artifacts"
+cxx=${TLCPU_FUZZ_CXX:-clang++-14}
+flags=(-std=c++20 -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
+       -I"$src/include" -I/usr/include/stb -Wall -Wextra -Wno-unknown-pragmas)
+# stb's implementation is C code of its own style: its warnings are not ours to fix. The
+# input decides only the resizer's sizes, so it gets no coverage feedback, -O2, and no UBSan
+# pointer-overflow check (that check alone made its inner loops 12x slower); ASan still
+# checks its every access. Without this the image target ran 20 inputs a second.
+"$cxx" "${flags[@]}" -w -c "$here/stb_instrumented.cpp" -o "$out/stb_image.o" &
+"$cxx" -std=c++20 -O2 -g -fsanitize=address,undefined -fno-sanitize=pointer-overflow -fno-sanitize-recover=all \
+    -I/usr/include/stb -w -DTLCPU_STB_RESIZE -c "$here/stb_instrumented.cpp" -o "$out/stb_image_resize.o" &
+"$cxx" "${flags[@]}" "$here/fuzz_safetensors.cpp" -o "$out/fuzz_safetensors" &
+"$cxx" "${flags[@]}" -c "$here/fuzz_image.cpp" -o "$out/fuzz_image.o" &
+for j in 1 2 3 4; do wait %$j; done
+"$cxx" "${flags[@]}" "$out/fuzz_image.o" "$out/stb_image.o" "$out/stb_image_resize.o" -o "$out/fuzz_image"
+
+# The image target lowers the pixel limit to 4 M pixels, so no legitimate decode allocates
+# anywhere near 256 MB: a larger malloc means the limit was bypassed. Safetensors inputs are
+# copied whole once and decoded to float once, so 256 MB is plenty there too.
+run() {
+    local t=$1 work="$out/corpus-$1"
+    rm -rf "$work" && mkdir -p "$work"  # new inputs go here, not into the repository
+    "$out/fuzz_$t" -max_total_time="$secs" -rss_limit_mb=2048 -malloc_limit_mb=256 -timeout=30 \
+        -print_final_stats=1 -artifact_prefix="$out/artifacts/$t-" \
+        "$work" "$here/corpus/$t" "$here/regressions/$t" > "$out/fuzz_$t.log" 2>&1
+}
+rc=0
+run safetensors & p1=$!
+run image & p2=$!
+wait $p1 || rc=1
+wait $p2 || rc=1
+for t in safetensors image; do
+    echo "fuzz_$t: $(grep -E '^stat::number_of_executed_units' "$out/fuzz_$t.log" | awk '{print $2}') executions," \
+         "$(grep -E '^stat::average_exec_per_sec' "$out/fuzz_$t.log" | awk '{print $2}')/s," \
+         "$(grep -oE 'cov: [0-9]+' "$out/fuzz_$t.log" | tail -1)"
+done
+if [ $rc != 0 ]; then
+    for t in safetensors image; do grep -q -E "ERROR|deadly signal|crash-|timeout-|oom-" "$out/fuzz_$t.log" && tail -60 "$out/fuzz_$t.log"; done
+    echo "fuzzing found a problem; the input is in $out/artifacts/"
+    exit 1
+fi
