@@ -89,14 +89,7 @@ void run(const Config& c, const io::SafeTensors& weights, const Preprocessing& p
     lo.init_missing = app::split_list(c.init_missing);
     std::printf("weights: %s\n", load_weights(net->backbone, weights, lo).summary().c_str());
 
-    // The head as Keras builds it: BatchNormalization (momentum 0.99, eps 1e-3), Dropout,
-    // Dense with Glorot-uniform weights and zero bias.
-    net->head.bn.config = {1e-3f, 0.01f, BNMode::batch};
-    net->head.drop.p = float(c.dropout);
-    const float limit = std::sqrt(6.f / float(Net::features + k));
-    for (int64_t i = 0; i < net->head.fc.weight.value.size(); ++i)
-        net->head.fc.weight.value[i] = limit * (2 * uniform01(c.seed, hash_name("head_fc.weight"), uint64_t(i)) - 1);
-    net->head.fc.weight.touch();
+    init_keras_head(net->head, float(c.dropout), c.seed);
 
     // Backbone parts initialised fresh (layer4 for --backbone c5 on partial weights) train
     // from phase 1 on, with batch statistics: they have no running statistics to trust.
