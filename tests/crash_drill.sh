@@ -2,7 +2,7 @@
 # Crash drill: train_cpu killed with SIGKILL at random moments (mid-epoch, mid-validation,
 # mid-checkpoint write) and resumed each time until it finishes must end with the same
 # weights, bit for bit, as a run never interrupted, and the history must hold each epoch
-# once. Every checkpoint left behind by a kill must load. Args: BUILD_DIR SHARED_DIR [KILLS]
+# once, with the same weights' fingerprint after each. Every checkpoint left behind by a kill must load. Args: BUILD_DIR SHARED_DIR [KILLS]
 set -euo pipefail
 build=$1 shared=$2 kills=${3:-6}
 out=$(mktemp -d)
@@ -67,8 +67,10 @@ for f in ("best.safetensors", "checkpoint.safetensors"):
     assert a.keys() == b.keys(), f"{f}: tensor names differ"
     diff = [k for k in a if a[k] != b[k]]
     assert not diff, f"{f}: {len(diff)} tensors differ after kills and resumes, e.g. {diff[:3]}"
-rows = lambda d: [(r["phase"], r["epoch"], r["loss"], r["val_loss"]) for r in csv.DictReader(open(f"{d}/history.csv"))]
+rows = lambda d: [(r["phase"], r["epoch"], r["loss"], r["val_loss"], r["fingerprint"]) for r in csv.DictReader(open(f"{d}/history.csv"))]
+assert all(len(r[4]) == 16 and int(r[4], 16) >= 0 for r in rows(clean)), f"fingerprints missing: {rows(clean)}"
+assert len({r[4] for r in rows(clean)}) == len(rows(clean)), f"an epoch left the weights as they were: {rows(clean)}"
 assert rows(clean) == rows(killed), f"history differs:\n{rows(clean)}\n{rows(killed)}"
 assert json.load(open(f"{clean}/metrics.json")) == json.load(open(f"{killed}/metrics.json"))
-print(f"crash drill: weights, history and metrics identical to the uninterrupted run")
+print(f"crash drill: weights, history (every epoch's fingerprint too) and metrics identical to the uninterrupted run")
 PY
