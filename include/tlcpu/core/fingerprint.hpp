@@ -27,8 +27,8 @@ inline uint64_t fnv1a64(const void* data, size_t n, uint64_t h = fnv1a64_offset)
     return h;
 }
 
-// Sequential on purpose: about 30 ms for ResNet-50's 8.5 million c4 parameters, and the
-// same value whatever the thread count.
+// Sequential on purpose: the same value whatever the thread count, and cheap next to an
+// epoch (60 ms measured for the c4 network's 8.6 million numbers, 34 MB, on a busy core).
 template <class Model>
 uint64_t fingerprint(Model& m) {
     uint64_t h = fnv1a64_offset;
