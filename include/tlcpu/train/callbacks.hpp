@@ -348,8 +348,9 @@ private:
 
 // One CSV row per epoch: "phase,epoch,<columns...>,seconds", epoch counting from 0 as in
 // Keras' CSVLogger, a missing value written "NA" as Keras does, numbers in their shortest
-// round-tripping form; a column may also name a text log (the weights' fingerprint). Unlike Keras, the file stays open across phases (Keras reopens it in
-// on_train_begin, truncating phase 1's rows unless append is set).
+// round-tripping form; a column may also name a text log (the weights' fingerprint).
+// Unlike Keras, the file stays open across phases (Keras reopens it in on_train_begin,
+// truncating phase 1's rows unless append is set).
 class CSVLogger : public Callback {
 public:
     explicit CSVLogger(std::string path,
