@@ -50,7 +50,7 @@ template <class M>
 std::vector<EpochLogs> phase(M& model, Optimizer& opt, BatchSource& train, BatchSource& val, int number, int epochs,
                              const Config& c, ModelCheckpoint& best, CSVLogger* csv, std::function<void(const std::string&)> save,
                              const std::map<std::string, std::string>& meta, const std::string& ckpt, bool resume,
-                             Replicas* replicas) {
+                             Replicas* replicas, std::function<uint64_t()> whole) {
     EarlyStopping early({"val_loss", "auto", 0, c.patience, true, 0});
     ReduceLROnPlateau plateau({"val_loss", "auto", c.plateau_factor, c.plateau_patience, 1e-4, 0, c.min_lr, true});
     ProgressBar bar(stdout, false, epochs);
@@ -59,6 +59,7 @@ std::vector<EpochLogs> phase(M& model, Optimizer& opt, BatchSource& train, Batch
     Trainer<M> trainer(model, opt, callbacks);
     trainer.save_model = std::move(save);
     trainer.replicas = replicas;
+    trainer.weights_fingerprint = whole;  // of the whole network, whatever part of it trains here
     FitOptions o;
     o.phase = number;
     o.epochs = epochs;
@@ -70,7 +71,8 @@ std::vector<EpochLogs> phase(M& model, Optimizer& opt, BatchSource& train, Batch
     if (resume) {
         from = trainer.load_checkpoint(ckpt);
         if (csv) csv->resume_at(from.phase, from.epochs_done);
-        std::printf("resuming phase %d after epoch %d\n", from.phase, from.epochs_done);
+        std::printf("resuming phase %d after epoch %d, fingerprint %s\n", from.phase, from.epochs_done,
+                    fingerprint_hex(whole()).c_str());
     }
     auto h = trainer.fit(train, &val, o, from);
     std::printf("phase %d: %zu epochs, best val_loss %.4f\n", number, h.size(), early.best());
@@ -89,14 +91,7 @@ void run(const Config& c, const io::SafeTensors& weights, const Preprocessing& p
     lo.init_missing = app::split_list(c.init_missing);
     std::printf("weights: %s\n", load_weights(net->backbone, weights, lo).summary().c_str());
 
-    // The head as Keras builds it: BatchNormalization (momentum 0.99, eps 1e-3), Dropout,
-    // Dense with Glorot-uniform weights and zero bias.
-    net->head.bn.config = {1e-3f, 0.01f, BNMode::batch};
-    net->head.drop.p = float(c.dropout);
-    const float limit = std::sqrt(6.f / float(Net::features + k));
-    for (int64_t i = 0; i < net->head.fc.weight.value.size(); ++i)
-        net->head.fc.weight.value[i] = limit * (2 * uniform01(c.seed, hash_name("head_fc.weight"), uint64_t(i)) - 1);
-    net->head.fc.weight.touch();
+    init_keras_head(net->head, float(c.dropout), c.seed);
 
     // Backbone parts initialised fresh (layer4 for --backbone c5 on partial weights) train
     // from phase 1 on, with batch statistics: they have no running statistics to trust.
@@ -154,6 +149,7 @@ void run(const Config& c, const io::SafeTensors& weights, const Preprocessing& p
         {"head_bn_eps", fmt(net->head.bn.config.eps)}};
     if (!ranges.empty()) meta["int8_ranges"] = ranges;
     const fs::path out(c.out);
+    auto whole = [&] { return fingerprint(*net); };
     auto save_best = [&](const std::string& path) {
         std::vector<std::pair<std::string, const Tensor*>> t;
         net->visit("", [&](const std::string& n, Param& p) { t.push_back({n, &p.value}); });
@@ -171,7 +167,7 @@ void run(const Config& c, const io::SafeTensors& weights, const Preprocessing& p
     }
     ModelCheckpoint best({(out / "best.safetensors").string(), "val_loss", "auto", true});
     std::optional<CSVLogger> history;
-    if (rank0) history.emplace((out / "history.csv").string(), std::vector<std::string>{"loss", "accuracy", "val_loss", "val_accuracy", "lr"}, c.resume);
+    if (rank0) history.emplace((out / "history.csv").string(), std::vector<std::string>{"loss", "accuracy", "val_loss", "val_accuracy", "lr", "fingerprint"}, c.resume);
     CSVLogger* csv = history ? &*history : nullptr;
 
     // Without augmentation, the part of the backbone that stays frozen through both phases
@@ -216,11 +212,11 @@ void run(const Config& c, const io::SafeTensors& weights, const Preprocessing& p
             BatchSource& vs = cached ? static_cast<BatchSource&>(*acts_val) : val;
             TensorSource tf = pooled_features(*net, cut, ts, c.batch), vf = pooled_features(*net, cut, vs, c.batch);
             HeadOnly head(net->head);
-            phase(head, adam, tf, vf, 1, c.epochs1, c, best, csv, save_best, meta, ckpt, resume_phase == 1, replicas);
+            phase(head, adam, tf, vf, 1, c.epochs1, c, best, csv, save_best, meta, ckpt, resume_phase == 1, replicas, whole);
         } else if (cached) {
-            phase(from_cut, adam, *acts_train, *acts_val, 1, c.epochs1, c, best, csv, save_best, meta, ckpt, resume_phase == 1, replicas);
+            phase(from_cut, adam, *acts_train, *acts_val, 1, c.epochs1, c, best, csv, save_best, meta, ckpt, resume_phase == 1, replicas, whole);
         } else {
-            phase(*net, adam, train, val, 1, c.epochs1, c, best, csv, save_best, meta, ckpt, resume_phase == 1, replicas);
+            phase(*net, adam, train, val, 1, c.epochs1, c, best, csv, save_best, meta, ckpt, resume_phase == 1, replicas, whole);
         }
         phase_seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
@@ -232,9 +228,9 @@ void run(const Config& c, const io::SafeTensors& weights, const Preprocessing& p
         std::printf("phase 2 model:\n%s", summary(*net, batch_shape).c_str());
         Adam adam(c.lr2);
         if (cached)
-            phase(from_cut, adam, *acts_train, *acts_val, 2, c.epochs2, c, best, csv, save_best, meta, ckpt, resume_phase == 2, replicas);
+            phase(from_cut, adam, *acts_train, *acts_val, 2, c.epochs2, c, best, csv, save_best, meta, ckpt, resume_phase == 2, replicas, whole);
         else
-            phase(*net, adam, train, val, 2, c.epochs2, c, best, csv, save_best, meta, ckpt, resume_phase == 2, replicas);
+            phase(*net, adam, train, val, 2, c.epochs2, c, best, csv, save_best, meta, ckpt, resume_phase == 2, replicas, whole);
     }
     phase_seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count());
     acts_train.reset(), acts_val.reset();
@@ -261,11 +257,14 @@ void run(const Config& c, const io::SafeTensors& weights, const Preprocessing& p
     std::ifstream hist(out / "history.csv");
     std::string line;
     std::getline(hist, line);
+    const auto header = app::split_list(line);
+    auto col = [&](const std::string& name) { return size_t(std::find(header.begin(), header.end(), name) - header.begin()); };
+    const size_t at[8] = {col("phase"), col("epoch"), col("loss"), col("accuracy"), col("val_loss"), col("val_accuracy"), col("lr"), col("seconds")};
     while (std::getline(hist, line)) {
         auto f = app::split_list(line);
-        if (f.size() < 8) continue;
-        auto num = [](const std::string& s) { return s == "NA" ? std::nan("") : std::stod(s); };
-        in.history.push_back({std::stoi(f[0]), std::stoi(f[1]), num(f[2]), num(f[3]), num(f[4]), num(f[5]), num(f[6]), num(f[7])});
+        if (f.size() != header.size()) continue;
+        auto num = [&](size_t i) { return i >= f.size() || f[i] == "NA" ? std::nan("") : std::stod(f[i]); };
+        in.history.push_back({int(num(at[0])), int(num(at[1])), num(at[2]), num(at[3]), num(at[4]), num(at[5]), num(at[6]), num(at[7])});
     }
     in.validation = rep;
     for (size_t i = 0; i < pred.truth.size() && in.misclassified.size() < 24; ++i) {

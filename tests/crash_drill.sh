@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Crash drill: train_cpu killed with SIGKILL and resumed until it finishes must end with the
 # same weights, bit for bit, as a run never interrupted, and the history must hold each
-# epoch once. Every checkpoint left behind by a kill must load. Two kinds of kills:
+# epoch once, with the same weights' fingerprint after each. Every checkpoint left behind
+# by a kill must load. Two kinds of kills:
 # - at random moments (start-up, epochs, validation, sometimes a checkpoint write);
 # - inside a checkpoint or best-model write, at a chosen write(), fsync() or rename() of its
 #   temporary file, injected by strace; and the same write failing with ENOSPC (a full
@@ -83,10 +84,12 @@ for f in ("best.safetensors", "checkpoint.safetensors"):
     assert a.keys() == b.keys(), f"{what}: {f}: tensor names differ"
     diff = [k for k in a if a[k] != b[k]]
     assert not diff, f"{what}: {f}: {len(diff)} tensors differ after kills and resumes, e.g. {diff[:3]}"
-rows = lambda d: [(r["phase"], r["epoch"], r["loss"], r["val_loss"]) for r in csv.DictReader(open(f"{d}/history.csv"))]
+rows = lambda d: [(r["phase"], r["epoch"], r["loss"], r["val_loss"], r["fingerprint"]) for r in csv.DictReader(open(f"{d}/history.csv"))]
+assert all(len(r[4]) == 16 and int(r[4], 16) >= 0 for r in rows(clean)), f"{what}: fingerprints missing: {rows(clean)}"
+assert len({r[4] for r in rows(clean)}) == len(rows(clean)), f"{what}: an epoch left the weights as they were: {rows(clean)}"
 assert rows(clean) == rows(killed), f"{what}: history differs:\n{rows(clean)}\n{rows(killed)}"
 assert json.load(open(f"{clean}/metrics.json")) == json.load(open(f"{killed}/metrics.json")), what
-print(f"crash drill: {what}: weights, history and metrics identical to the uninterrupted run")
+print(f"crash drill: {what}: weights, history (every epoch's fingerprint too) and metrics identical to the uninterrupted run")
 PY
 }
 same_as_clean "$run" "random kills"

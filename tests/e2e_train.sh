@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End to end on a small subset of the real Training folder: train_cpu writes every output,
 # they parse, evaluate on the split's validation files agrees with metrics.json, and a
-# resumed run continues the history. Args: BUILD_DIR SHARED_DIR
+# resumed run continues the history from the weights it logged. Args: BUILD_DIR SHARED_DIR
 set -euo pipefail
 build=$1 shared=$2
 out=$(mktemp -d)
@@ -110,8 +110,12 @@ cmp <(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1])))'
 "$build/apps/train_cpu" "${args[@]}" --epochs2 2 --resume > "$out/resume.log"
 grep -q "resuming phase 2 after epoch 1" "$out/resume.log" || { cat "$out/resume.log"; exit 1; }
 /usr/bin/python3 - "$out" <<'PY'
-import csv, sys
-rows = list(csv.DictReader(open(f"{sys.argv[1]}/run/history.csv")))
+import csv, re, sys
+out = sys.argv[1]
+rows = list(csv.DictReader(open(f"{out}/run/history.csv")))
 assert [(r["phase"], r["epoch"]) for r in rows] == [("1", "0"), ("2", "0"), ("2", "1")], rows
+# The resumed run starts from the weights the history's last epoch ended with, bit for bit.
+resumed = re.search(r"resuming phase 2 after epoch 1, fingerprint ([0-9a-f]{16})", open(f"{out}/resume.log").read()).group(1)
+assert resumed == rows[1]["fingerprint"] != rows[2]["fingerprint"], (resumed, rows)
 PY
 echo "e2e: train_cpu, evaluate and resume agree"

@@ -593,25 +593,27 @@ TEST_CASE("resuming EarlyStopping with restore_best_weights needs the best weigh
     CHECK_THROWS_WITH_AS(resumed.load_state({{"wait", 1}}), doctest::Contains("stopped_epoch"), Error);
 }
 
-TEST_CASE("CSVLogger: exact bytes, NA for a missing value, round-tripping numbers, append without a second header") {
+TEST_CASE("CSVLogger: exact bytes, NA for a missing value, round-tripping numbers, text logs, append without a second header") {
     TempDir dir;
     const fs::path path = dir.path / "log.csv";
-    const std::vector<std::string> cols = {"loss", "val_loss", "lr"};
+    const std::vector<std::string> cols = {"loss", "val_loss", "lr", "fingerprint"};
     TrainControl ctl;
     const double third = 0.1 + 0.2;  // 0.30000000000000004: needs all 17 digits
-    const std::string header = "phase,epoch,loss,val_loss,lr,seconds\n";
-    const std::string row0 = "1,0,0.5,0.30000000000000004,1e-04,12.5\n";
-    const std::string row1 = "1,1,0.25,NA,1e-04,3\n";
+    const std::string header = "phase,epoch,loss,val_loss,lr,fingerprint,seconds\n";
+    const std::string row0 = "1,0,0.5,0.30000000000000004,1e-04,0123456789abcdef,12.5\n";
+    const std::string row1 = "1,1,0.25,NA,1e-04,NA,3\n";
     {
         CSVLogger log(path.string(), cols, false);
         log.on_phase_begin(1, ctl);
-        log.on_epoch_end(logs_of(0, {{"loss", 0.5}, {"val_loss", third}, {"lr", 1e-4}, {"accuracy", 0.9}}, 1, 12.5), ctl);
+        EpochLogs first = logs_of(0, {{"loss", 0.5}, {"val_loss", third}, {"lr", 1e-4}, {"accuracy", 0.9}}, 1, 12.5);
+        first.text = {{"fingerprint", "0123456789abcdef"}, {"note", "not a column"}};
+        log.on_epoch_end(first, ctl);
         CHECK(slurp(path) == header + row0);  // flushed at once, not at close
         log.on_epoch_end(logs_of(1, {{"loss", 0.25}, {"lr", 1e-4}}, 1, 3.0), ctl);
         CHECK(slurp(path) == header + row0 + row1);
     }
     CHECK(std::strtod("0.30000000000000004", nullptr) == third);
-    const std::string row2 = "2,0,0.125,0.0625,1e-05,7.25\n";
+    const std::string row2 = "2,0,0.125,0.0625,1e-05,NA,7.25\n";
     {
         CSVLogger log(path.string(), cols, true);
         log.on_epoch_end(logs_of(0, {{"loss", 0.125}, {"val_loss", 0.0625}, {"lr", 1e-5}}, 2, 7.25), ctl);
@@ -660,7 +662,9 @@ TEST_CASE("ProgressBar off a terminal: no carriage returns, at most ten progress
     pb.on_phase_begin(2, ctl);
     pb.load_state({{"epoch", 3}});  // a resumed phase 2 continues the count
     for (int b = 0; b < 3; ++b) pb.on_batch_end(b, 3, 32, 0.5, 0.5, ctl);
-    pb.on_epoch_end(logs_of(3, {{"loss", 0.5}}, 2, 1.0), ctl);
+    EpochLogs last = logs_of(3, {{"loss", 0.5}}, 2, 1.0);
+    last.text["fingerprint"] = "00000000deadbeef";
+    pb.on_epoch_end(last, ctl);
     CHECK(pb.state() == std::map<std::string, double>{{"epoch", 4}});
 
     const std::string out = slurp(f);
@@ -679,7 +683,7 @@ TEST_CASE("ProgressBar off a terminal: no carriage returns, at most ten progress
     CHECK(ls[19] == "phase 1 epoch 2/2" + summary);
     CHECK(ls[20].rfind("phase 2 epoch 4/5  1/3  ", 0) == 0);
     CHECK(ls[21].rfind("phase 2 epoch 4/5  2/3  ", 0) == 0);
-    CHECK(ls[22] == "phase 2 epoch 4/5  loss 0.5000  1.0s");
+    CHECK(ls[22] == "phase 2 epoch 4/5  loss 0.5000  fingerprint 00000000deadbeef  1.0s");
 }
 
 TEST_CASE("ProgressBar on a terminal redraws in place with '\\r'; force_plain keeps it plain there too") {

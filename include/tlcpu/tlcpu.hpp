@@ -2,6 +2,7 @@
 // which needs MPI and is included on its own).
 #pragma once
 #include "tlcpu/core/error.hpp"
+#include "tlcpu/core/fingerprint.hpp"
 #include "tlcpu/core/param.hpp"
 #include "tlcpu/core/random.hpp"
 #include "tlcpu/core/tensor.hpp"

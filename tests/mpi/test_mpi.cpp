@@ -102,7 +102,7 @@ Run train(Replicas* world, const Setup& s) {
     Run r;
     r.history = trainer.fit(data, &val, o, from);
     r.weights = get_weights(*net);
-    r.digest = digest(*net);
+    r.digest = fingerprint(*net);
     return r;
 }
 

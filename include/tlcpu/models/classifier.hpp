@@ -2,6 +2,7 @@
 // global average pool -> BatchNorm1d -> Dropout -> Dense (logits; softmax is applied by the
 // loss or by the caller). Head parameters are named head_bn.* and head_fc.*.
 #pragma once
+#include <cmath>
 #include <string>
 
 #include "tlcpu/layers/activation.hpp"
@@ -52,6 +53,21 @@ public:
         return g ? &pool.backward(*g) : nullptr;
     }
 };
+
+// The recipe's head as Keras builds it: BatchNormalization (momentum 0.99, so a running
+// statistic moves 0.01 of the way to each batch's; eps 1e-3) on batch statistics, Dropout,
+// and Dense with Glorot-uniform weights in +-sqrt(6 / (In + classes)) and a zero bias.
+template <int In, int Classes>
+void init_keras_head(Head<In, Classes>& h, float dropout, uint64_t seed) {
+    h.bn.config = {1e-3f, 0.01f, BNMode::batch};
+    h.drop.p = dropout;
+    const float limit = std::sqrt(6.f / float(In + h.classes()));
+    Tensor& w = h.fc.weight.value;
+    for (int64_t i = 0; i < w.size(); ++i) w[i] = limit * (2 * uniform01(seed, hash_name("head_fc.weight"), uint64_t(i)) - 1);
+    h.fc.bias.value.fill(0.f);
+    h.fc.weight.touch();
+    h.fc.bias.touch();
+}
 
 // The head alone on cached backbone features [N, In]: what phase 1 trains when the frozen
 // backbone's output is computed once per image. Shares its parameters with `head`.

@@ -34,6 +34,7 @@ namespace tlcpu {
 struct EpochLogs {
     int phase = 1, epoch = 0;  // epoch counts from 0 within a phase
     std::map<std::string, double> values;
+    std::map<std::string, std::string> text;  // logs that are not numbers: "fingerprint" (of the weights)
     double seconds = 0;
 
     std::string names() const {
@@ -347,12 +348,13 @@ private:
 
 // One CSV row per epoch: "phase,epoch,<columns...>,seconds", epoch counting from 0 as in
 // Keras' CSVLogger, a missing value written "NA" as Keras does, numbers in their shortest
-// round-tripping form. Unlike Keras, the file stays open across phases (Keras reopens it in
-// on_train_begin, truncating phase 1's rows unless append is set).
+// round-tripping form; a column may also name a text log (the weights' fingerprint).
+// Unlike Keras, the file stays open across phases (Keras reopens it in on_train_begin,
+// truncating phase 1's rows unless append is set).
 class CSVLogger : public Callback {
 public:
     explicit CSVLogger(std::string path,
-                       std::vector<std::string> columns = {"loss", "accuracy", "val_loss", "val_accuracy", "lr"},
+                       std::vector<std::string> columns = {"loss", "accuracy", "val_loss", "val_accuracy", "lr", "fingerprint"},
                        bool append = false)
         : path_(std::move(path)), columns_(std::move(columns)) {
         std::string header = "phase,epoch";
@@ -382,7 +384,8 @@ public:
         std::string row = std::to_string(logs.phase) + "," + std::to_string(logs.epoch);
         for (const auto& c : columns_) {
             auto it = logs.values.find(c);
-            row += "," + (it == logs.values.end() ? std::string("NA") : detail::shortest(it->second));
+            auto t = logs.text.find(c);
+            row += "," + (it != logs.values.end() ? detail::shortest(it->second) : t != logs.text.end() ? t->second : "NA");
         }
         row += "," + detail::shortest(logs.seconds) + "\n";
         std::fputs(row.c_str(), file_.get());
@@ -468,6 +471,7 @@ public:
             std::snprintf(buf, sizeof buf, std::strcmp(k, "lr") ? "  %s %.4f" : "  %s %.3g", k, it->second);
             line += buf;
         }
+        for (const auto& [k, v] : logs.text) line += "  " + k + " " + v;
         std::snprintf(buf, sizeof buf, "  %.1fs", logs.seconds);
         line += buf;
         if (tty_) {

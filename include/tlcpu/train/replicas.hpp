@@ -7,11 +7,11 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "tlcpu/core/fingerprint.hpp"
 #include "tlcpu/core/param.hpp"
 #include "tlcpu/layers/batchnorm.hpp"
 #include "tlcpu/layers/layer.hpp"
@@ -107,21 +107,6 @@ bool has_synced_batchnorm(Model& m) {
         if constexpr (requires { l.sync; l.config.mode; }) any = any || bool(l.sync);
     });
     return any;
-}
-
-// A digest of every parameter's bits, for checking that replicas hold the same model.
-template <class Model>
-uint64_t digest(Model& m) {
-    uint64_t h = 0xcbf29ce484222325ull;
-    m.visit("", [&](const std::string&, Param& p) {
-        const float* v = p.value.data();
-        for (int64_t i = 0; i < p.value.size(); ++i) {
-            uint32_t w;
-            std::memcpy(&w, v + i, 4);
-            h = (h ^ w) * 0x100000001b3ull;
-        }
-    });
-    return h;
 }
 
 }  // namespace tlcpu

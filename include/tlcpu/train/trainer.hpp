@@ -23,6 +23,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "tlcpu/core/fingerprint.hpp"
 #include "tlcpu/core/random.hpp"
 #include "tlcpu/io/safetensors.hpp"
 #include "tlcpu/layers/dense.hpp"
@@ -182,6 +183,9 @@ public:
 
     std::function<void(const std::string& path)> save_model;  // what ModelCheckpoint calls
     Replicas* replicas = nullptr;  // data parallelism; null: this process alone
+    // The epoch logs' "fingerprint": of the model trained, unless this says of what else
+    // (the whole network, when the model is a head or a suffix of it).
+    std::function<uint64_t()> weights_fingerprint;
 
     // With replicas each evaluates a consecutive R-th of the data; the sums are combined.
     // Then evaluate is collective: every replica must call it, with the same data size.
@@ -320,6 +324,9 @@ private:
                 logs.values["val_accuracy"] = v.accuracy;
             }
             logs.values["lr"] = ctl.lr;  // the rate this epoch trained with
+            // The weights this epoch ended with, as its checkpoint will hold them (callbacks
+            // change weights only at the phase's end); after agree_on_model, so every rank's.
+            logs.text["fingerprint"] = fingerprint_hex(weights_fingerprint ? weights_fingerprint() : fingerprint(model_));
             logs.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
             for (auto* c : callbacks_) c->on_epoch_end(logs, ctl);
             opt_.lr = ctl.lr;
@@ -423,7 +430,7 @@ private:
             for (auto& v : p.value) v = float(buf[at++] / replicas->size());
             p.touch();
         });
-        if (!replicas->agree(digest(model_)))
+        if (!replicas->agree(fingerprint(model_)))
             fail("the processes hold different weights after phase " + std::to_string(phase) + " epoch " +
                  std::to_string(epoch + 1) + ": the MPI library's sums differ between ranks, or a rank changed "
                  "its model on its own");
