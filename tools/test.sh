@@ -9,10 +9,14 @@ bash tools/install-deps.sh
 # Release tree builds the apps and runs every test but the doctest suite: install, compile,
 # end-to-end, crash drill, MPI and fuzz replays.
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DTLCPU_WITH_MPI=ON -DTLCPU_BUILD_DOCTEST=OFF
-cmake --build build -j2 && ctest --test-dir build --output-on-failure
+# One command per line: under set -e a failure inside an `a && b` list does not stop the
+# script, so a broken build would have skipped its tests and still ended green.
+cmake --build build -j2
+ctest --test-dir build --output-on-failure
 # The default build has no MPI: compile train_cpu without it (one translation unit that
 # includes the whole core), so nothing outside dist/ comes to need MPI unnoticed.
-cmake -S . -B build-nompi -DCMAKE_BUILD_TYPE=Release -DTLCPU_WITH_MPI=OFF && cmake --build build-nompi -j2 --target train_cpu
+cmake -S . -B build-nompi -DCMAKE_BUILD_TYPE=Release -DTLCPU_WITH_MPI=OFF
+cmake --build build-nompi -j2 --target train_cpu
 # The doctest suite (unit and fixture) and the fuzz replays under AddressSanitizer,
 # LeakSanitizer and UBSan; any report fails its test. -O1: -O0 runs the numeric tests several
 # times slower, -O2 compiles longer. The suite runs here only, not at -O3 as well: both

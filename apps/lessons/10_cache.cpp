@@ -17,7 +17,7 @@ void lesson::cache() {
     const Tensor x = images(one_per_class);
     const std::vector<int> y{0, 1, 2, 3};
     TensorSource scans(x, y);
-    TensorSource cached = cache_prefix(*net, cut, scans, 4);
+    ActivationCache cached = cache_prefix(*net, cut, scans, 4);
     FromCut<Net> from_cut(*net, cut);
     Tensor a;
     std::vector<int> labels;
