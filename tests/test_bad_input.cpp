@@ -112,7 +112,8 @@ TEST_CASE("bad input: image files are skipped with a warning naming them and why
     put("corrupt.jpg", read_file(corpus("corpus/image/corrupt_scan.jpg")));
     put("truncated.jpg", read_file(corpus("corpus/image/truncated.jpg")));
     put("truncated.png", read_file(corpus("corpus/image/truncated.png")));
-    put("dht.jpg", read_file(corpus("regressions/image/jpeg_dht_257_codes.jpg")));  // a fuzzer finding
+    put("dht.jpg", read_file(corpus("regressions/image/jpeg_dht_257_codes.jpg")));  // fuzzer findings
+    put("idat.png", read_file(corpus("regressions/image/png_idat_838860812_bytes.png")));
     put("bomb.png", read_file(corpus("corpus/image/bomb_10000x10000.png")));
     put("targa.tga", read_file(corpus("corpus/image/rgba.tga")));
     const ImageFolder f = ImageFolder::scan(d.path);
@@ -124,17 +125,20 @@ TEST_CASE("bad input: image files are skipped with a warning naming them and why
                                         "refused before decoding\n",
                        at("corrupt.jpg") + "not a decodable image (bad huffman code)\n",
                        at("dht.jpg") + "not a decodable image (corrupt JPEG: a Huffman table of 344 codes (at most 256))\n",
+                       at("idat.png") + "not a decodable image (truncated PNG: chunk 'IDAT' declares 838860812 bytes, the "
+                                        "file holds 29 more)\n",
                        at("targa.tga") + "not a decodable image (not JPEG, PNG or BMP)\n",
                        at("text.jpg") + "not a decodable image (not JPEG, PNG or BMP)\n",
                        at("truncated.jpg") + "not a decodable image (truncated JPEG: no end-of-image marker after the last scan)\n",
-                       at("truncated.png") + "not a decodable image (outofdata)\n",
+                       at("truncated.png") + "not a decodable image (truncated PNG: chunk 'IDAT' declares 147 bytes, the "
+                                             "file holds 61 more)\n",
                        at("zero.jpg") + "the file is empty\n"});
     REQUIRE(s.files.size() == 1);
     CHECK(fs::path(s.files[0].path).filename() == "good.png");
     // strict: the first of them is the error
     CHECK(error_of([&] { decode_folder(f, {.size = 8, .strict = true, .warnings = nullptr}); }) ==
           "tlcpu: " + d / "c/bomb.png" + ": 10000x10000 pixels is over the limit of 89478485 (tlcpu::max_image_pixels); "
-                                           "refused before decoding (and 7 more unreadable files)");
+                                           "refused before decoding (and 8 more unreadable files)");
 
     // A file over the size limit is refused without being read whole (the limit lowered here).
     const int64_t saved = max_image_file_bytes;

@@ -88,6 +88,23 @@ inline std::string jpeg_fault(const unsigned char* p, size_t n) {
     return "";
 }
 
+// stb_image 2.27 grows its buffer for a PNG's image data to what each IDAT chunk's length
+// field declares before reading it: a 70-byte file declaring an 800 MB chunk made it
+// allocate 800 MB (found by libFuzzer against -malloc_limit_mb). Every chunk must fit in the
+// file, so stb's buffer stays within twice the file's size. Returns "" or the fault.
+inline std::string png_fault(const unsigned char* p, size_t n) {
+    for (size_t at = 8; at + 8 <= n;) {  // length, type, data, CRC
+        const size_t len = size_t(p[at]) << 24 | size_t(p[at + 1]) << 16 | size_t(p[at + 2]) << 8 | p[at + 3];
+        const std::string type(reinterpret_cast<const char*>(p + at + 4), 4);
+        if (len > n - at - 8 || n - at - 8 - len < 4)
+            return "truncated PNG: chunk '" + type + "' declares " + std::to_string(len) + " bytes, the file holds " +
+                   std::to_string(n - at - 8) + " more";
+        if (type == "IEND") break;
+        at += 12 + len;
+    }
+    return "";
+}
+
 }  // namespace detail
 
 // Decodes bytes already in memory; the same checks and messages as try_decode_image.
@@ -98,8 +115,9 @@ inline std::string try_decode_image_memory(const unsigned char* data, size_t siz
                " (tlcpu::max_image_file_bytes)";
     const char* format = detail::image_format(data, size);
     if (!format) return "not a decodable image (not JPEG, PNG or BMP)";
-    if (format[0] == 'J')
-        if (std::string why = detail::jpeg_fault(data, size); !why.empty()) return "not a decodable image (" + why + ")";
+    const std::string why = format[0] == 'J' ? detail::jpeg_fault(data, size)
+                            : format[0] == 'P' ? detail::png_fault(data, size) : "";
+    if (!why.empty()) return "not a decodable image (" + why + ")";
     int w = 0, h = 0, c = 0;
     if (stbi_info_from_memory(data, int(size), &w, &h, &c) && int64_t(w) * h > max_image_pixels)
         return std::to_string(w) + "x" + std::to_string(h) + " pixels is over the limit of " +
