@@ -92,7 +92,7 @@ public:
             auto& pool = be.acts();
             Backend::BufferPool::Hold keep_x(pool, &x);
             const bool observe = frozen && be.calibrating;
-            if (observe) act_max[0] = std::max(act_max[0], abs_max(as_f32(x)));
+            if (observe) act_max[0] = std::max(act_max[0], abs_max(x));  // f32: calibration runs the stem in f32 too
             const auto& h = conv1.forward_folded(x, bn1, true, nullptr, false, prec);
             if (observe) act_max[1] = std::max(act_max[1], abs_max(h));
             const auto& g = conv2.forward_folded(h, bn2, true, nullptr, false, prec);
@@ -149,12 +149,6 @@ public:
 
 private:
     dnnl::memory out_;
-    dnnl::memory xq_f32_;  // calibration: a float copy of an input that came in as bf16
-
-    const dnnl::memory& as_f32(const dnnl::memory& x) {
-        if (x.get_desc().data_type() == dt::f32) return x;
-        return as_desc(x, with_type(x.get_desc(), dt::f32), xq_f32_);
-    }
 
     // Frozen, int8: every activation inside the block is u8 (ReLU outputs) or s8 (the
     // projection); an input that is not int8 yet (the stem's output, or a cached activation)
