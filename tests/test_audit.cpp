@@ -22,6 +22,8 @@
 #include <tlcpu/core/random.hpp>
 #include <tlcpu/data/audit.hpp>
 
+namespace tlcpu_test_audit {
+
 namespace fs = std::filesystem;
 using namespace tlcpu;
 using namespace tlcpu::data;
@@ -573,3 +575,5 @@ TEST_SUITE("fixture") {
         CHECK(r.near_pairs_within[0] > 1000);
     }
 }
+
+}  // namespace tlcpu_test_audit

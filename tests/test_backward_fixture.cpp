@@ -4,6 +4,8 @@
 
 #include "fixtures.hpp"
 
+namespace tlcpu_test_backward_fixture {
+
 using namespace tlcpu;
 using test::shared;
 
@@ -97,3 +99,5 @@ TEST_SUITE("fixture") {
         check_backward<Layout::v1_5>("tiny_resnet_v15.safetensors", "v15");
     }
 }
+
+}  // namespace tlcpu_test_backward_fixture

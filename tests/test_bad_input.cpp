@@ -14,6 +14,8 @@
 #include "fixtures.hpp"
 #include "tlcpu/data/loader.hpp"
 
+namespace tlcpu_test_bad_input {
+
 using namespace tlcpu;
 using namespace tlcpu::data;
 namespace fs = std::filesystem;
@@ -283,3 +285,5 @@ TEST_CASE("bad input: a folder over the decoded-image cap is refused, or streame
           "tlcpu: " + d / "a/two.jpg" + ": not a decodable image (not JPEG, PNG or BMP) (it decoded when the folder was scanned)");
     CHECK(error_of([&] { from_disk.fill({1}, 0, x1, y1); }).find(d / "a/two.jpg") != std::string::npos);
 }
+
+}  // namespace tlcpu_test_bad_input

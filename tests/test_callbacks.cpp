@@ -24,6 +24,8 @@
 
 #include "tlcpu/train/callbacks.hpp"
 
+namespace tlcpu_test_callbacks {
+
 namespace fs = std::filesystem;
 using namespace tlcpu;
 
@@ -739,3 +741,5 @@ TEST_CASE("ProgressBar on a terminal redraws in place with '\\r'; force_plain ke
 }
 
 }  // TEST_SUITE
+
+}  // namespace tlcpu_test_callbacks

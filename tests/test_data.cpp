@@ -22,6 +22,8 @@
 #include "tlcpu/data/augment.hpp"
 #include "tlcpu/data/folder.hpp"
 
+namespace tlcpu_test_data {
+
 using namespace tlcpu;
 using namespace tlcpu::data;
 namespace fs = std::filesystem;
@@ -924,3 +926,5 @@ TEST_CASE("real files: the progressive JPEG, a gray JPEG and a PNG named .jpg de
 }
 
 }  // TEST_SUITE("fixture")
+
+}  // namespace tlcpu_test_data

@@ -6,6 +6,8 @@
 
 #include "fixtures.hpp"
 
+namespace tlcpu_test_feature_cache {
+
 using namespace tlcpu;
 
 namespace {
@@ -137,3 +139,5 @@ TEST_CASE("the cache keeps a bf16 or int8 prefix's output in its own type, losin
         }
     }
 }
+
+}  // namespace tlcpu_test_feature_cache

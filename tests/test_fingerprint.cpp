@@ -9,6 +9,8 @@
 
 #include "fixtures.hpp"
 
+namespace tlcpu_test_fingerprint {
+
 using namespace tlcpu;
 
 namespace {
@@ -88,3 +90,5 @@ TEST_CASE("fit logs each epoch's fingerprint: of the model trained, or of what w
     o.epochs = 1;
     CHECK(trainer.fit(data, nullptr, o)[0].text.at("fingerprint") == "000000000000002a");
 }
+
+}  // namespace tlcpu_test_fingerprint

@@ -9,6 +9,8 @@
 
 #include "fixtures.hpp"
 
+namespace tlcpu_test_folded {
+
 using namespace tlcpu;
 
 namespace {
@@ -144,3 +146,5 @@ TEST_CASE("bf16 trainable convolutions: close to f32, f32 weight gradients, repe
         CHECK(rel(g1[i], Tensor(g1[i].shape())) > 0);  // not all zero
     }
 }
+
+}  // namespace tlcpu_test_folded

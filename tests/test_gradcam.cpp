@@ -5,6 +5,8 @@
 
 #include "fixtures.hpp"
 
+namespace tlcpu_test_gradcam {
+
 using namespace tlcpu;
 
 TEST_CASE("gradcam weights are d logit / d activation of the recipe's head (finite differences)") {
@@ -64,3 +66,5 @@ TEST_CASE("the gradcam map peaks where the class evidence is and the overlay kee
     CHECK(cold[2] == 100);
     CHECK_THROWS_WITH(gradcam_map(act.data(), C, H, W, {1.f}), doctest::Contains("1 weights for 2 channels"));
 }
+
+}  // namespace tlcpu_test_gradcam

@@ -52,6 +52,8 @@
 #include <tlcpu/train/freeze.hpp>
 #include <tlcpu/train/loss.hpp>
 
+namespace tlcpu_test_gradcheck {
+
 using namespace tlcpu;
 
 namespace {
@@ -891,3 +893,5 @@ TEST_CASE("gradcheck: Classifier<ResNet50<v1.5, 4, c4>, 3> on [2,3,32,32], entri
 }
 
 }  // TEST_SUITE
+
+}  // namespace tlcpu_test_gradcheck

@@ -8,6 +8,8 @@
 
 #include "fixtures.hpp"
 
+namespace tlcpu_test_int8 {
+
 using namespace tlcpu;
 using test::shared;
 
@@ -146,3 +148,5 @@ TEST_SUITE("fixture") {
         CHECK(pcos > 0.995);
     }
 }
+
+}  // namespace tlcpu_test_int8

@@ -7,6 +7,8 @@
 
 #include "fixtures.hpp"
 
+namespace tlcpu_test_layers_reference {
+
 using namespace tlcpu;
 
 namespace {
@@ -207,3 +209,5 @@ TEST_CASE("copying a default tensor (an unallocated gradient) gives an empty ten
     x = q.value;
     CHECK(x.size() == 3);
 }
+
+}  // namespace tlcpu_test_layers_reference

@@ -6,6 +6,8 @@
 
 #include "fixtures.hpp"
 
+namespace tlcpu_test_loader {
+
 using namespace tlcpu;
 using namespace tlcpu::data;
 
@@ -56,3 +58,5 @@ TEST_CASE("FolderSource: prefetched batches equal synchronous ones, for every ep
     src.load({19, 3}, 5, x, y);
     CHECK(y == std::vector<int>{19 % 3, 3 % 3});
 }
+
+}  // namespace tlcpu_test_loader

@@ -23,6 +23,8 @@
 #include "tlcpu/metrics/classification.hpp"
 #include "tlcpu/report/html.hpp"
 
+namespace tlcpu_test_metrics {
+
 namespace fs = std::filesystem;
 using namespace tlcpu;
 
@@ -438,3 +440,5 @@ TEST_CASE("write_html: writes render_html's bytes atomically; an unwritable path
 }
 
 }  // TEST_SUITE("unit")
+
+}  // namespace tlcpu_test_metrics

@@ -4,6 +4,8 @@
 
 #include "fixtures.hpp"
 
+namespace tlcpu_test_optimizer {
+
 using namespace tlcpu;
 using test::shared;
 
@@ -91,3 +93,5 @@ TEST_CASE("SGD: momentum, Nesterov and weight decay by hand; frozen weights do n
         CHECK(m.w.value[0] == frozen);
     }
 }
+
+}  // namespace tlcpu_test_optimizer

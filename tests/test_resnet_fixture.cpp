@@ -5,6 +5,8 @@
 
 #include "fixtures.hpp"
 
+namespace tlcpu_test_resnet_fixture {
+
 using namespace tlcpu;
 using test::shared;
 
@@ -80,3 +82,5 @@ TEST_SUITE("fixture") {
         cmp("layer3", l3);
     }
 }
+
+}  // namespace tlcpu_test_resnet_fixture

@@ -20,6 +20,8 @@
 
 #include "tlcpu/io/safetensors.hpp"
 
+namespace tlcpu_test_safetensors {
+
 namespace fs = std::filesystem;
 using tlcpu::Shape;
 using tlcpu::Tensor;
@@ -408,3 +410,5 @@ TEST_SUITE("fixture") {
         CHECK(std::all_of(var.begin(), var.end(), [](float v) { return v > 0.f; }));
     }
 }
+
+}  // namespace tlcpu_test_safetensors

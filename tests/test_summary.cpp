@@ -7,6 +7,8 @@
 #include "tlcpu/report/summary.hpp"
 #include "tlcpu/train/freeze.hpp"
 
+namespace tlcpu_test_summary {
+
 using namespace tlcpu;
 
 namespace {
@@ -81,3 +83,5 @@ TEST_CASE("summary: v1 puts the stride in the 1x1 and the C4 network ends at lay
     CHECK(rows.back().out == Shape{1, 1024, 14, 14});
     CHECK(row(rows, "maxpool").out == Shape{1, 64, 56, 56});  // caffe: ceil mode, no padding
 }
+
+}  // namespace tlcpu_test_summary

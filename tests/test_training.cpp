@@ -8,6 +8,8 @@
 
 #include "fixtures.hpp"
 
+namespace tlcpu_test_training {
+
 using namespace tlcpu;
 namespace fs = std::filesystem;
 
@@ -228,3 +230,5 @@ TEST_CASE("dropout: a sample's mask depends on its place in the global batch, no
     CHECK(zeros > 0);
     CHECK(zeros < 30);
 }
+
+}  // namespace tlcpu_test_training

@@ -7,6 +7,8 @@
 
 #include "fixtures.hpp"
 
+namespace tlcpu_test_weights {
+
 using namespace tlcpu;
 namespace fs = std::filesystem;
 
@@ -130,3 +132,5 @@ TEST_CASE("unexpected tensors are reported; Keras-style conv biases fold into th
     for (int c = 0; c < 16; ++c) CHECK(dmean[c] == doctest::Approx(sd["layer1.0.downsample.1.running_mean"][c] - 1.f));
     CHECK(r.summary().find("1 unexpected") != std::string::npos);
 }
+
+}  // namespace tlcpu_test_weights
