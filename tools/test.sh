@@ -11,10 +11,10 @@ stage "install-deps"
 bash tools/install-deps.sh
 # With MPI, so the data-parallel tests (CTest label mpi) run too; the core needs none. This
 # Release tree builds the apps and runs every test but the doctest suite (install, compile,
-# end-to-end, crash drill, MPI, lessons, fuzz replays); the suite runs in the sanitizer
-# tree below, since building it twice would not fit CI's time.
+# end-to-end, crash drill, MPI, lessons, fuzz replays, and the suite's int8 cases); the
+# suite runs in the sanitizer tree below, since building it twice would not fit CI's time.
 stage "Release build"
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DTLCPU_WITH_MPI=ON -DTLCPU_BUILD_DOCTEST=OFF
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DTLCPU_WITH_MPI=ON -DTLCPU_BUILD_DOCTEST=OFF -DTLCPU_BUILD_INT8_TESTS=ON
 # One command per line: under set -e a failure inside an `a && b` list does not stop the
 # script, so a broken build would have skipped its tests and still ended green.
 cmake --build build -j2
@@ -26,14 +26,16 @@ ctest --test-dir build --output-on-failure
 stage "train_cpu without MPI"
 cmake -S . -B build-nompi -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG=-O0 -DTLCPU_WITH_MPI=OFF
 cmake --build build-nompi -j2 --target train_cpu
-# The whole doctest suite (unit and fixture) and the fuzz replays under AddressSanitizer,
+# The doctest suite (unit and fixture) and the fuzz replays under AddressSanitizer,
 # LeakSanitizer and UBSan; any report fails its test. -O1: -O0 runs the numeric tests several
-# times slower, -O2 compiles longer. Unity batches of ten files: half the compile time.
+# times slower, -O2 compiles longer. Unity batches of ten files: half the compile time. The
+# int8 cases are left out here (they ran in Release above): oneDNN 2.6.3 now and then
+# crashes inside libdnnl creating an int8 convolution under ASan (tests/CMakeLists.txt).
 stage "sanitizer build"
 san="-fsanitize=address,undefined -fno-sanitize-recover=all"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Asan -DCMAKE_CXX_FLAGS_ASAN="-O1 -g1 -fno-omit-frame-pointer $san" \
   -DCMAKE_EXE_LINKER_FLAGS_ASAN="$san" -DTLCPU_WITH_MPI=OFF -DTLCPU_BUILD_APPS=OFF -DTLCPU_BUILD_BENCH=OFF \
-  -DCMAKE_UNITY_BUILD=ON -DCMAKE_UNITY_BUILD_BATCH_SIZE=10
+  -DCMAKE_UNITY_BUILD=ON -DCMAKE_UNITY_BUILD_BATCH_SIZE=10 -DTLCPU_DOCTEST_EXCLUDE='*int8*'
 cmake --build build-asan -j2 --target tlcpu_tests tlcpu_fuzz_replay_safetensors tlcpu_fuzz_replay_image
 stage "sanitizer tests"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
