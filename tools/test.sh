@@ -14,18 +14,20 @@ bash tools/install-deps.sh
 # end-to-end, crash drill, MPI, lessons, fuzz replays, and the suite's int8 cases); the
 # suite runs in the sanitizer tree below, since building it twice would not fit CI's time.
 stage "Release build"
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DTLCPU_WITH_MPI=ON -DTLCPU_BUILD_DOCTEST=OFF -DTLCPU_BUILD_INT8_TESTS=ON
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DTLCPU_WITH_MPI=ON -DTLCPU_BUILD_DOCTEST=OFF -DTLCPU_BUILD_INT8_TESTS=ON \
+  -DTLCPU_BUILD_BENCH=OFF
 # One command per line: under set -e a failure inside an `a && b` list does not stop the
 # script, so a broken build would have skipped its tests and still ended green.
 cmake --build build -j2
 stage "Release tests"
 ctest --test-dir build --output-on-failure
 # The default build has no MPI: compile train_cpu without it (one translation unit that
-# includes the whole core), so nothing outside dist/ comes to need MPI unnoticed. -O0: this
-# checks that it compiles and links, and -O3 would take three minutes of CI for it.
-stage "train_cpu without MPI"
+# includes the whole core), so nothing outside dist/ comes to need MPI unnoticed; and the
+# benchmarks, so they keep compiling (bench_mpi, which needs MPI, is left out of CI). -O0:
+# this checks that they compile and link; at -O3 train_cpu alone took three minutes of CI.
+stage "train_cpu and bench without MPI"
 cmake -S . -B build-nompi -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG=-O0 -DTLCPU_WITH_MPI=OFF
-cmake --build build-nompi -j2 --target train_cpu
+cmake --build build-nompi -j2 --target train_cpu bench_resnet50 bench_augment
 # The doctest suite (unit and fixture) and the fuzz replays under AddressSanitizer,
 # LeakSanitizer and UBSan; any report fails its test. -O1: -O0 runs the numeric tests several
 # times slower, -O2 compiles longer. Unity batches of ten files: half the compile time. The
