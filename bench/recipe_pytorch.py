@@ -137,7 +137,7 @@ def run_counts(run):
     with open(f"{run}/history.csv") as f:
         for row in csv.DictReader(f):
             epochs[int(row["phase"])] += 1
-    n = {"train": 0, "validation": 0}
+    n = {"train": 0, "val": 0}
     with open(f"{run}/split.tsv") as f:
         for row in csv.DictReader(f, delimiter="\t"):
             if row["subset"] in n:
@@ -153,10 +153,10 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     a = ap.parse_args()
     epochs, n = run_counts(a.run)
-    if not epochs[1] or not n["train"] or not n["validation"]:
+    if not epochs[1] or not n["train"] or not n["val"]:
         raise SystemExit(f"recipe_pytorch: {a.run}: no epochs or no split found ({epochs}, {n})")
     r = measure(a.threads, 32, a.warmup, a.reps)
-    tr, va = n["train"], n["validation"]
+    tr, va = n["train"], n["val"]
     uncached = {
         "phase1_s": epochs[1] * (tr / r["phase1"] + va / r["forward"]),
         "phase2_s": epochs[2] * (tr / r["phase2"] + va / r["forward"]),
