@@ -129,6 +129,10 @@ inline std::string try_decode_image_memory(const unsigned char* data, size_t siz
         const char* why = stbi_failure_reason();  // a static string, thread-local since stb 2.26
         return std::string("not a decodable image (") + (why ? why : "unknown reason") + ")";
     }
+    if (w <= 0 || h <= 0) {  // stb 2.27 accepts a BMP declaring a height of 0 (a fuzzer find)
+        stbi_image_free(px);
+        return "not a decodable image (" + std::to_string(w) + "x" + std::to_string(h) + " pixels)";
+    }
     out.width = w;
     out.height = h;
     out.channels = c;
