@@ -116,6 +116,9 @@ TEST_CASE("bad input: image files are skipped with a warning naming them and why
     put("truncated.png", read_file(corpus("corpus/image/truncated.png")));
     put("dht.jpg", read_file(corpus("regressions/image/jpeg_dht_257_codes.jpg")));  // fuzzer findings
     put("idat.png", read_file(corpus("regressions/image/png_idat_838860812_bytes.png")));
+    put("huff256.jpg", read_file(corpus("regressions/image/jpeg_huffman_256_codes_of_9_bits.jpg")));
+    put("undef_ac.jpg", read_file(corpus("regressions/image/jpeg_undefined_ac_table.jpg")));
+    put("undef_q.jpg", read_file(corpus("regressions/image/jpeg_undefined_quant_table.jpg")));
     put("bomb.png", read_file(corpus("corpus/image/bomb_10000x10000.png")));
     put("targa.tga", read_file(corpus("corpus/image/rgba.tga")));
     const ImageFolder f = ImageFolder::scan(d.path);
@@ -127,6 +130,8 @@ TEST_CASE("bad input: image files are skipped with a warning naming them and why
                                         "refused before decoding\n",
                        at("corrupt.jpg") + "not a decodable image (bad huffman code)\n",
                        at("dht.jpg") + "not a decodable image (corrupt JPEG: a Huffman table of 344 codes (at most 256))\n",
+                       at("huff256.jpg") + "not a decodable image (a JPEG Huffman table of 256 codes none longer "
+                                           "than 9 bits, which stb_image 2.27 decodes wrongly)\n",
                        at("idat.png") + "not a decodable image (truncated PNG: chunk 'IDAT' declares 838860812 bytes, the "
                                         "file holds 29 more)\n",
                        at("targa.tga") + "not a decodable image (not JPEG, PNG or BMP)\n",
@@ -134,13 +139,17 @@ TEST_CASE("bad input: image files are skipped with a warning naming them and why
                        at("truncated.jpg") + "not a decodable image (truncated JPEG: no end-of-image marker after the last scan)\n",
                        at("truncated.png") + "not a decodable image (truncated PNG: chunk 'IDAT' declares 147 bytes, the "
                                              "file holds 61 more)\n",
+                       at("undef_ac.jpg") + "not a decodable image (corrupt JPEG: a scan decodes with AC Huffman "
+                                            "table 3, not defined before it)\n",
+                       at("undef_q.jpg") + "not a decodable image (corrupt JPEG: a scan uses quantisation table 2, "
+                                           "not defined before it)\n",
                        at("zero.jpg") + "the file is empty\n"});
     REQUIRE(s.files.size() == 1);
     CHECK(fs::path(s.files[0].path).filename() == "good.png");
     // strict: the first of them is the error
     CHECK(error_of([&] { decode_folder(f, {.size = 8, .strict = true, .warnings = nullptr}); }) ==
           "tlcpu: " + d / "c/bomb.png" + ": 10000x10000 pixels is over the limit of 89478485 (tlcpu::max_image_pixels); "
-                                           "refused before decoding (and 8 more unreadable files)");
+                                           "refused before decoding (and 11 more unreadable files)");
 
     // A file over the size limit is refused without being read whole (the limit lowered here).
     const int64_t saved = max_image_file_bytes;
@@ -150,6 +159,28 @@ TEST_CASE("bad input: image files are skipped with a warning naming them and why
     max_image_file_bytes = saved;
     CHECK(r == "over 100 bytes (tlcpu::max_image_file_bytes); refused before reading the rest");
     CHECK(im.rgb.empty());
+}
+
+// The JPEG screens must not refuse what real encoders write: a progressive file's first DC
+// scan names AC table 0 before any AC table is defined (it decodes no AC coefficient), and a
+// DC refinement scan reads raw bits, no table. Both real progressive crops have such scans.
+TEST_CASE("bad input: the JPEG table screens pass real baseline and progressive files") {
+    for (const char* name : {"real_color_baseline.jpg", "real_progressive_crop.jpg", "real_color_progressive_crop.jpg",
+                             "real_gray_1component_crop.jpg", "real_restart_crop.jpg"}) {
+        CAPTURE(name);
+        const Bytes b = read_file(corpus(std::string("corpus/image/") + name));
+        CHECK(tlcpu::detail::jpeg_fault(b.data(), b.size()) == "");
+        Image im;
+        CHECK(try_decode_image_memory(b.data(), b.size(), im) == "");
+        CHECK(im.width * im.height > 0);
+    }
+    // One table byte changed in the last: the third scan of the progressive file names AC
+    // table 3, which the file never defines.
+    Bytes b = read_file(corpus("corpus/image/real_progressive_crop.jpg"));
+    REQUIRE(b[808] == 0xFF);
+    REQUIRE(b[809] == 0xDA);
+    b[814] = 0x03;
+    CHECK(tlcpu::detail::jpeg_fault(b.data(), b.size()) == "corrupt JPEG: a scan decodes with AC Huffman table 3, not defined before it");
 }
 
 TEST_CASE("bad input: a 1x1 image is a valid image and fills the whole 224x224 input") {

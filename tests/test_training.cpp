@@ -175,7 +175,7 @@ TEST_CASE("a non-finite loss stops training with a message naming the step; the 
         msg = e.what();
     }
     CHECK(msg == "tlcpu: the loss became NaN at phase 1 epoch 2 batch 1 (optimizer step 3); training stopped, "
-                 "the last good checkpoint is " + o.checkpoint);  // README's bad-input matrix, row 28
+                 "the last good checkpoint is " + o.checkpoint);  // README's bad-input matrix, row 31
     const auto still = io::SafeTensors::open(o.checkpoint);
     CHECK(still.meta("epochs_done") == "1");
     CHECK(max_rel_diff(still.get("model.head_fc.bias"), good.get("model.head_fc.bias")) == 0.0);

@@ -48,17 +48,32 @@ inline const char* image_format(const unsigned char* p, size_t n) {
     return nullptr;
 }
 
-// Two faults of a JPEG that stb_image 2.27 does not catch, found here before it sees the file:
+// Faults of a JPEG that stb_image 2.27 does not catch, found here before it sees the file:
 // - A Huffman table whose 16 code counts add up to more than 256: stb writes that many
 //   symbols into a 256-entry table, over the rest of its decoder state (stbi_info runs into
-//   it too). Corrupt by the standard. The walk finds the tables where stb does: marker
-//   segments by their length, any bytes between them (entropy-coded data, padding) scanned
-//   for the next 0xFF marker, since progressive files define tables between scans.
+//   it too). Corrupt by the standard.
+// - A table of exactly 256 codes, none longer than 9 bits: stb's lookup table marks "no
+//   code of 9 bits or fewer here" with the value 255, which is then also the 256th code's
+//   index, so that code decodes as another (an assertion in stb's debug build, wrong pixels
+//   in a release one). Legal by the standard but no encoder writes it (a JPEG has at most
+//   176 distinct symbols per table).
+// - A scan that decodes with a Huffman or quantisation table the file has not defined
+//   before it: stb's tables are uninitialised heap memory until defined, so the pixels (and
+//   the assertion above) would depend on what the heap held. libjpeg refuses both too ("Huffman
+//   table was not defined", "Quantization table was not defined"). Which Huffman tables a
+//   scan decodes with: a sequential one, both of each component; a progressive DC scan, the
+//   DC table on its first pass only; a progressive AC scan, the AC table.
 // - No end-of-image marker after the last scan: a truncated file. stb decodes the missing
 //   part from zero bits and reports success, so half an image would train as a whole one;
 //   Pillow (what Keras reads with) refuses it too. Entropy-coded data cannot hold FFD9.
-// Returns "" or the fault.
+// The walk finds markers where stb does: segments by their length, any bytes between them
+// (entropy-coded data, padding) scanned for the next 0xFF marker, since progressive files
+// define tables between scans. Returns "" or the fault.
 inline std::string jpeg_fault(const unsigned char* p, size_t n) {
+    bool progressive = false;
+    unsigned defined[2] = {0, 0};  // bit th of defined[tc]: DC (tc 0) or AC (tc 1) table th was defined
+    unsigned quant = 0;             // bit tq: quantisation table tq was defined
+    unsigned char tq_of[256] = {};  // component id -> 1 + its quantisation table, from the frame header
     for (size_t i = 2; i + 3 < n;) {  // from past SOI, while a marker and its length fit
         const unsigned m = p[i + 1];
         if (p[i] != 0xFF || m == 0xFF) {  // data, padding or fill bytes
@@ -71,14 +86,48 @@ inline std::string jpeg_fault(const unsigned char* p, size_t n) {
             continue;
         }
         const size_t len = size_t(p[i + 2]) << 8 | p[i + 3], end = i + 2 + len;
+        if ((m == 0xC0 || m == 0xC1 || m == 0xC2) && i + 9 < n) {  // the frames stb decodes
+            progressive = m == 0xC2;
+            for (size_t c = 0, nf = p[i + 9]; c < nf && i + 12 + 3 * c < n; ++c)  // (id, HV, Tq) triples
+                tq_of[p[i + 10 + 3 * c]] = static_cast<unsigned char>(1 + (p[i + 12 + 3 * c] & 15));
+        }
+        if (m == 0xDB)  // DQT: (precision << 4 | Tq) then 64 values of 1 or 2 bytes, while they fit
+            for (size_t t = i + 4; t < end && t < n; t += 1 + 64 * (p[t] >> 4 ? 2 : 1))
+                quant |= 1u << (p[t] & 15);
         if (m == 0xC4)  // DHT: tables while stb's remaining length L = len - 2 - consumed is positive
             for (size_t t = i + 4; t < end && t + 17 <= n;) {
-                unsigned count = 0;
-                for (size_t k = 1; k <= 16; ++k) count += p[t + k];
+                unsigned count = 0, longest = 0;
+                for (unsigned k = 1; k <= 16; ++k)
+                    if (p[t + k]) count += p[t + k], longest = k;
                 if (count > 256)
                     return "corrupt JPEG: a Huffman table of " + std::to_string(count) + " codes (at most 256)";
+                if (count == 256 && longest <= 9)
+                    return "a JPEG Huffman table of 256 codes none longer than " + std::to_string(longest) +
+                           " bits, which stb_image 2.27 decodes wrongly";
+                if (p[t] >> 4 <= 1 && (p[t] & 15) <= 3) defined[p[t] >> 4] |= 1u << (p[t] & 15);
                 t += 17 + count;
             }
+        if (m == 0xDA && i + 4 < n) {  // SOS: Ns, then (component, DC<<4 | AC) pairs, then Ss, Se, Ah<<4 | Al
+            const size_t ns = p[i + 4], after = i + 5 + 2 * ns;
+            if (after + 2 < n) {
+                const bool dc_scan = p[after] == 0;  // Ss = 0
+                const bool uses_dc = !progressive || (dc_scan && p[after + 2] >> 4 == 0);
+                const bool uses_ac = !progressive || !dc_scan;
+                for (size_t c = 0; c < ns; ++c) {
+                    const unsigned dc = p[i + 6 + 2 * c] >> 4, ac = p[i + 6 + 2 * c] & 15;
+                    const unsigned tq = tq_of[p[i + 5 + 2 * c]];
+                    if (tq >= 1 && tq <= 4 && !(quant >> (tq - 1) & 1))
+                        return "corrupt JPEG: a scan uses quantisation table " + std::to_string(tq - 1) +
+                               ", not defined before it";
+                    if (uses_dc && dc <= 3 && !(defined[0] >> dc & 1))
+                        return "corrupt JPEG: a scan decodes with DC Huffman table " + std::to_string(dc) +
+                               ", not defined before it";
+                    if (uses_ac && ac <= 3 && !(defined[1] >> ac & 1))
+                        return "corrupt JPEG: a scan decodes with AC Huffman table " + std::to_string(ac) +
+                               ", not defined before it";
+                }
+            }
+        }
         i = end;
     }
     const std::string_view b(reinterpret_cast<const char*>(p), n);
