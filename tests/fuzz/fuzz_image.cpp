@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <string_view>
 #include <vector>
@@ -37,7 +38,10 @@ void write(const fs::path& p, const uint8_t* data, size_t size) {
 struct Scratch {
     fs::path root, input;
     Scratch() {
-        root = fs::temp_directory_path() / ("tlcpu-fuzz-image-" + std::to_string(::getpid()));
+        // The folder's name reaches comparisons libFuzzer learns from, so a name with the pid
+        // in it would make runs of one seed differ: run.sh names one per output folder.
+        const char* fixed = std::getenv("TLCPU_FUZZ_SCRATCH");
+        root = fixed ? fs::path(fixed) : fs::temp_directory_path() / ("tlcpu-fuzz-image-" + std::to_string(::getpid()));
         fs::remove_all(root);
         fs::create_directories(root / "a");
         fs::create_directories(root / "b");
