@@ -116,6 +116,7 @@ TEST_CASE("bad input: image files are skipped with a warning naming them and why
     put("truncated.png", read_file(corpus("corpus/image/truncated.png")));
     put("dht.jpg", read_file(corpus("regressions/image/jpeg_dht_257_codes.jpg")));  // fuzzer findings
     put("idat.png", read_file(corpus("regressions/image/png_idat_838860812_bytes.png")));
+    put("dht_cut.jpg", read_file(corpus("regressions/image/jpeg_dht_cut_by_end_of_file.jpg")));
     put("huff256.jpg", read_file(corpus("regressions/image/jpeg_huffman_256_codes_of_9_bits.jpg")));
     put("undef_ac.jpg", read_file(corpus("regressions/image/jpeg_undefined_ac_table.jpg")));
     put("undef_q.jpg", read_file(corpus("regressions/image/jpeg_undefined_quant_table.jpg")));
@@ -130,6 +131,8 @@ TEST_CASE("bad input: image files are skipped with a warning naming them and why
                                         "refused before decoding\n",
                        at("corrupt.jpg") + "not a decodable image (bad huffman code)\n",
                        at("dht.jpg") + "not a decodable image (corrupt JPEG: a Huffman table of 344 codes (at most 256))\n",
+                       at("dht_cut.jpg") + "not a decodable image (corrupt JPEG: a Huffman table of 1660 codes (at "
+                                           "most 256))\n",
                        at("huff256.jpg") + "not a decodable image (a JPEG Huffman table of 256 codes none longer "
                                            "than 9 bits, which stb_image 2.27 decodes wrongly)\n",
                        at("idat.png") + "not a decodable image (truncated PNG: chunk 'IDAT' declares 838860812 bytes, the "
@@ -149,7 +152,7 @@ TEST_CASE("bad input: image files are skipped with a warning naming them and why
     // strict: the first of them is the error
     CHECK(error_of([&] { decode_folder(f, {.size = 8, .strict = true, .warnings = nullptr}); }) ==
           "tlcpu: " + d / "c/bomb.png" + ": 10000x10000 pixels is over the limit of 89478485 (tlcpu::max_image_pixels); "
-                                           "refused before decoding (and 11 more unreadable files)");
+                                           "refused before decoding (and 12 more unreadable files)");
 
     // A file over the size limit is refused without being read whole (the limit lowered here).
     const int64_t saved = max_image_file_bytes;

@@ -94,11 +94,14 @@ inline std::string jpeg_fault(const unsigned char* p, size_t n) {
         if (m == 0xDB)  // DQT: (precision << 4 | Tq) then 64 values of 1 or 2 bytes, while they fit
             for (size_t t = i + 4; t < end && t < n; t += 1 + 64 * (p[t] >> 4 ? 2 : 1))
                 quant |= 1u << (p[t] & 15);
-        if (m == 0xC4)  // DHT: tables while stb's remaining length L = len - 2 - consumed is positive
-            for (size_t t = i + 4; t < end && t + 17 <= n;) {
+        // DHT: tables while stb's remaining length L = len - 2 - consumed is positive. stb reads
+        // bytes past the end of the file as 0, so a table cut by the end counts (a fuzzer find).
+        const auto at = [&](size_t k) -> unsigned { return k < n ? p[k] : 0; };
+        if (m == 0xC4)
+            for (size_t t = i + 4; t < end && t < n;) {
                 unsigned count = 0, longest = 0;
                 for (unsigned k = 1; k <= 16; ++k)
-                    if (p[t + k]) count += p[t + k], longest = k;
+                    if (at(t + k)) count += at(t + k), longest = k;
                 if (count > 256)
                     return "corrupt JPEG: a Huffman table of " + std::to_string(count) + " codes (at most 256)";
                 if (count == 256 && longest <= 9)
