@@ -1,6 +1,10 @@
 // Adam and SGD: one step against PyTorch's fixture, and the update rules on hand-computed
 // numbers (Keras' epsilon placement, momentum, Nesterov, weight decay, frozen weights).
 #include <doctest/doctest.h>
+#include <omp.h>
+
+#include <cmath>
+#include <cstring>
 
 #include "fixtures.hpp"
 
@@ -70,6 +74,40 @@ TEST_CASE("Adam with Keras' epsilon: two steps by hand") {
     }
     CHECK(adam.steps == 2);
     CHECK(adam.state().size() == 2);
+}
+
+namespace {
+struct Big {
+    Param w{{300000}, 0.f};
+    template <class F>
+    void visit(const std::string& prefix, F&& f) { f(prefix + "w", w); }
+};
+}  // namespace
+
+// The update runs on every thread for a large weight (over 65,536 values): the bits must be
+// those of one thread.
+TEST_CASE("Adam: a large weight updated on 2 threads gets the bits of 1 thread") {
+    auto run = [](int threads) {
+        const int saved = omp_get_max_threads();
+        omp_set_num_threads(threads);
+        Big m;
+        m.w.grad = Tensor({300000});
+        for (int64_t i = 0; i < 300000; ++i) m.w.value[i] = float(std::sin(0.37 * double(i)));
+        Adam adam(1e-3);
+        adam.weight_decay = 1e-4;
+        for (int t = 0; t < 3; ++t) {
+            for (int64_t i = 0; i < 300000; ++i) m.w.grad[i] = float(std::cos(0.11 * double(i) + t)) * 1e-2f;
+            adam.step(m);
+        }
+        omp_set_num_threads(saved);
+        return m.w.value;
+    };
+    const Tensor one = run(1), two = run(2);
+    CHECK(std::memcmp(one.data(), two.data(), sizeof(float) * 300000) == 0);
+    // and (almost) every value moved: the loop covered the whole weight, not one thread's share
+    int64_t moved = 0;
+    for (int64_t i = 0; i < 300000; ++i) moved += one[i] != float(std::sin(0.37 * double(i)));
+    CHECK(moved > 299900);
 }
 
 TEST_CASE("SGD: momentum, Nesterov and weight decay by hand; frozen weights do not move") {

@@ -90,12 +90,18 @@ protected:
         const float a = float(alpha), e = float(eps), sc2 = float(std::sqrt(c2_));
         float* w = p.value.data();
         const float* g = p.grad.data();
+        float* mp = m.data();
+        float* vp = v.data();
+        const bool ke = keras_epsilon;
+        // Each element's update reads only its own values, so any thread count gives the same
+        // bits; over ResNet-50's 25.6 M weights one thread took 63 ms of a 3.4 s step.
+#pragma omp parallel for schedule(static) if (p.value.size() > 65536)
         for (int64_t i = 0; i < p.value.size(); ++i) {
             const float gi = g[i] + wd * w[i];
-            m[i] = b1 * m[i] + (1 - b1) * gi;
-            v[i] = b2 * v[i] + (1 - b2) * gi * gi;
-            const float denom = keras_epsilon ? std::sqrt(v[i]) + e : std::sqrt(v[i]) / sc2 + e;
-            w[i] -= a * m[i] / denom;
+            mp[i] = b1 * mp[i] + (1 - b1) * gi;
+            vp[i] = b2 * vp[i] + (1 - b2) * gi * gi;
+            const float denom = ke ? std::sqrt(vp[i]) + e : std::sqrt(vp[i]) / sc2 + e;
+            w[i] -= a * mp[i] / denom;
         }
     }
 
