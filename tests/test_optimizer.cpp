@@ -43,15 +43,16 @@ TEST_SUITE("fixture") {
 }
 
 namespace {
+template <int64_t N = 3>
 struct OneParam {
-    Param w{{3}, 0.f};
+    Param w{{N}, 0.f};
     template <class F>
     void visit(const std::string& prefix, F&& f) { f(prefix + "w", w); }
 };
 }  // namespace
 
 TEST_CASE("Adam with Keras' epsilon: two steps by hand") {
-    OneParam m;
+    OneParam<> m;
     m.w.value[0] = 1.f, m.w.value[1] = -2.f, m.w.value[2] = 0.5f;
     m.w.grad = Tensor({3});
     Adam adam(0.1);
@@ -76,21 +77,13 @@ TEST_CASE("Adam with Keras' epsilon: two steps by hand") {
     CHECK(adam.state().size() == 2);
 }
 
-namespace {
-struct Big {
-    Param w{{300000}, 0.f};
-    template <class F>
-    void visit(const std::string& prefix, F&& f) { f(prefix + "w", w); }
-};
-}  // namespace
-
 // The update runs on every thread for a large weight (over 65,536 values): the bits must be
 // those of one thread.
 TEST_CASE("Adam: a large weight updated on 2 threads gets the bits of 1 thread") {
     auto run = [](int threads) {
         const int saved = omp_get_max_threads();
         omp_set_num_threads(threads);
-        Big m;
+        OneParam<300000> m;
         m.w.grad = Tensor({300000});
         for (int64_t i = 0; i < 300000; ++i) m.w.value[i] = float(std::sin(0.37 * double(i)));
         Adam adam(1e-3);
@@ -112,7 +105,7 @@ TEST_CASE("Adam: a large weight updated on 2 threads gets the bits of 1 thread")
 
 TEST_CASE("SGD: momentum, Nesterov and weight decay by hand; frozen weights do not move") {
     for (bool nesterov : {false, true}) {
-        OneParam m;
+        OneParam<> m;
         m.w.value.fill(1.f);
         m.w.grad = Tensor({3}, 0.5f);
         SGD sgd(0.1, 0.9, nesterov);
