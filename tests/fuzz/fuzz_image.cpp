@@ -39,7 +39,7 @@ struct Scratch {
     fs::path root, input;
     Scratch() {
         // The folder's name reaches comparisons libFuzzer learns from, so a name with the pid
-        // in it would make runs of one seed differ: run.sh names one per output folder.
+        // in it would make runs of one seed differ: run.sh sets a fixed relative one.
         const char* fixed = std::getenv("TLCPU_FUZZ_SCRATCH");
         root = fixed ? fs::path(fixed) : fs::temp_directory_path() / ("tlcpu-fuzz-image-" + std::to_string(::getpid()));
         fs::remove_all(root);

@@ -57,8 +57,7 @@ for j in 1 2 3 4; do wait %$j; done
 # The image target lowers the pixel limit to 1 M pixels, so no legitimate decode allocates
 # anywhere near 256 MB: a larger malloc means the limit was bypassed. Safetensors inputs are
 # copied whole once and decoded to float once, so 256 MB is plenty there too.
-# Every path the target sees is relative to OUT_DIR and its environment is fixed (env -i):
-# the lengths of argv and of the environment set where the stack starts.
+# Relative paths and env -i: see the top (the stack's start moves with argv and environment).
 run() {
     local t=$1
     rm -rf "$out/corpus-$t" "$out/seeds-$t" "$out/regressions-$t"
