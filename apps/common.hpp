@@ -38,6 +38,10 @@ void with_model(const io::SafeTensors& file, F&& f) {
     // Evaluated as trained: a model whose frozen layers ran in bf16 (int8) runs them so again,
     // int8 with the activation scales calibrated in training.
     Backend::get().frozen_precision = precision_of(file.meta("frozen_precision", "f32"));
+    // and with the conv algorithm it trained with (models from before --conv: direct)
+    const std::string conv = file.meta("conv", "direct");
+    check(conv == "winograd" || conv == "direct", file.path() + ": unknown conv algorithm '" + conv + "' in the metadata");
+    Backend::get().winograd = conv == "winograd";
     auto build = [&]<Layout L, Depth D>() {
         auto net = std::make_unique<Classifier<ResNet50<L, 64, D>, dynamic>>(int(classes.size()));
         net->head.bn.config.eps = std::stof(file.meta("head_bn_eps", "1e-3"));

@@ -32,7 +32,7 @@ namespace {
 
 struct Config {
     std::string data, weights, out, exclude, backbone = "auto", layout = "auto", preprocess = "auto";
-    std::string split = "stratified", resize = "antialias", init_missing, unfreeze, frozen_precision = "f32", precision = "f32";
+    std::string split = "stratified", resize = "antialias", init_missing, unfreeze, frozen_precision = "f32", precision = "f32", conv = "winograd";
     int size = 224, batch = 32, calibration_images = 256, cache_mb = 8192, decode_mb = 0, epochs1 = 20, epochs2 = 20, max_per_class = 0, patience = 4, plateau_patience = 2;
     double val_split = 0.2, lr1 = 2e-4, lr2 = 1e-5, dropout = 0.3, plateau_factor = 0.2, min_lr = 1e-7;
     double rotation = 15, shift = 0.1, zoom = 0.1;
@@ -143,6 +143,7 @@ void run(const Config& c, const io::SafeTensors& weights, const Preprocessing& p
         {"resize", c.resize},
         {"frozen_precision", c.frozen_precision},
         {"precision", c.precision},
+        {"conv", c.conv},
         {"preprocessing", pre.mode == Preprocess::caffe ? "caffe B=" + fmt(pre.caffe_mean_bgr[0]) + " G=" +
                                                               fmt(pre.caffe_mean_bgr[1]) + " R=" + fmt(pre.caffe_mean_bgr[2])
                                                         : "torch"},
@@ -346,6 +347,8 @@ int main(int argc, char** argv) {
         ->check(CLI::IsMember({"f32", "bf16", "int8"}))->capture_default_str();
     app.add_option("--precision", c.precision, "Precision of the trainable convolutions: f32, or bf16 (f32 master weights and weight gradients, f32 accumulation)")
         ->check(CLI::IsMember({"f32", "bf16"}))->capture_default_str();
+    app.add_option("--conv", c.conv, "f32 3x3 stride-1 convolutions: winograd (F(4x4,3x3), fewer multiplies; an image's output rounds differently with its batch) or direct (as PyTorch; batch-independent bits)")
+        ->check(CLI::IsMember({"winograd", "direct"}))->capture_default_str();
     app.add_option("--calibration-images", c.calibration_images, "With --frozen-precision int8: training images the activation scales are calibrated on")
         ->check(CLI::PositiveNumber)->capture_default_str();
     app.add_option("--decode-mb", c.decode_mb, "Cap in MB on the decoded images kept in memory (0: half the physical memory); over it, images are decoded from disk every epoch instead")
@@ -364,6 +367,7 @@ int main(int argc, char** argv) {
         }
         Backend::get().frozen_precision = app::precision_of(c.frozen_precision);
         Backend::get().train_precision = app::precision_of(c.precision);
+        Backend::get().winograd = c.conv == "winograd";
         const auto weights = io::SafeTensors::open(c.weights);
         const Layout layout = c.layout == "auto" ? layout_of(weights) : c.layout == "v1" ? Layout::v1 : Layout::v1_5;
         Preprocessing pre = preprocessing_of(weights);
@@ -390,12 +394,12 @@ int main(int argc, char** argv) {
         const auto t0 = std::chrono::steady_clock::now();
         const auto set = data::decode_folder(folder, dopt);
         std::printf("tlcpu train_cpu: %zu images in %zu classes decoded in %.1f s (%zu unreadable, %d excluded), %s; "
-                    "ResNet-50 %s, layout %s, %s preprocessing, frozen layers in %s, trainable in %s, %d threads%s\n",
+                    "ResNet-50 %s, layout %s, %s preprocessing, frozen layers in %s, trainable in %s, %s 3x3 convs, %d threads%s\n",
                     set.files.size(), set.classes.size(),
                     std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), set.skipped.size(),
                     set.excluded,
                     set.streamed ? "streamed from disk every epoch" : (std::to_string(std::llround(double(set.bytes()) / 1e6)) + " MB cached").c_str(), c5 ? "c5" : "c4", layout == Layout::v1 ? "v1" : "v1.5",
-                    pre.mode == Preprocess::caffe ? "caffe" : "torch", c.frozen_precision.c_str(), c.precision.c_str(), omp_get_max_threads(),
+                    pre.mode == Preprocess::caffe ? "caffe" : "torch", c.frozen_precision.c_str(), c.precision.c_str(), c.conv.c_str(), omp_get_max_threads(),
                     replicas ? (" x " + std::to_string(replicas->size()) + " MPI ranks").c_str() : "");
         const int k = int(set.classes.size());
         const auto split = c.split == "keras" ? data::split_keras(set.files, k, c.val_split)

@@ -100,13 +100,17 @@ double matmul_gflops(dnnl::memory::data_type dt, int reps) {
 int main(int argc, char** argv) {
     std::string which;
     int reps = 5, warmup = 2;
+    std::string conv = "winograd";
     CLI::App app{"ResNet-50 throughput and memory per case"};
     app.add_option("--case", which, "infer_b1, infer_b32, phase1_b32, phase2_b32, full_b32 (each also with _bf16 or _int8: frozen part in bf16 or int8), matmul_f32, matmul_bf16, matmul_int8")->required();
     app.add_option("--reps", reps, "Timed repetitions")->capture_default_str();
     app.add_option("--warmup", warmup, "Untimed repetitions first")->capture_default_str();
+    app.add_option("--conv", conv, "f32 3x3 stride-1 convolutions: winograd or direct (as PyTorch)")
+        ->check(CLI::IsMember({"winograd", "direct"}))->capture_default_str();
     CLI11_PARSE(app, argc, argv);
+    Backend::get().winograd = conv == "winograd";
 
-    nlohmann::json out{{"framework", "tlcpu"}, {"case", which}, {"threads", omp_get_max_threads()}};
+    nlohmann::json out{{"framework", "tlcpu"}, {"case", which}, {"threads", omp_get_max_threads()}, {"conv", conv}};
     try {
         if (which == "matmul_f32" || which == "matmul_bf16" || which == "matmul_int8") {
             const double g = matmul_gflops(which == "matmul_f32"    ? dnnl::memory::data_type::f32
@@ -172,6 +176,7 @@ int main(int argc, char** argv) {
         out["reps"] = ips;
         out["gflop_per_img"] = gflop / 1e9;
         out["peak_rss_mb"] = peak_rss_mb();
+        out["scratchpad_mb"] = double(Backend::get().scratchpad_bytes()) / (1 << 20);
     } catch (const std::exception& e) {
         std::fprintf(stderr, "error: %s\n", e.what());
         return 1;

@@ -89,7 +89,9 @@ TEST_CASE("training from a cached prefix equals training the whole network on th
         CHECK(ay == y);
         FromCut from(*cached, cut);
         const Step s1 = step(*whole, *whole, x, y), s2 = step(from, *cached, a, y);
-        CHECK(max_rel_diff(s1.logits, s2.logits) < 1e-5);
+        // (the cache ran batches of 4 and 2, the whole network one of 6: Winograd convs round
+        // an image's output differently in another batch, ~1e-5 here)
+        CHECK(max_rel_diff(s1.logits, s2.logits) < 3e-5);
         REQUIRE(s1.grads.size() == s2.grads.size());
         CHECK(s1.grads.size() > 10);
         for (const auto& [n, g] : s1.grads) {
@@ -130,9 +132,17 @@ TEST_CASE("the cache keeps a bf16 or int8 prefix's output in its own type, losin
         std::vector<int> ay;
         acts.load({4, 0, 2}, 0, a, ay);
         CHECK(ay == std::vector<int>{y[4], y[0], y[2]});
-        // The same numbers as the prefix's output converted to f32 at the network's edge.
-        const Tensor direct = to_tensor(forward_prefix(net->backbone, view(x), cut));
-        const int64_t per = 64 * 3 * 3;
+        // The same numbers as the prefix's output converted to f32 at the network's edge, for
+        // the same batches (Winograd convs round an image's output differently in another batch).
+        const int64_t per = 64 * 3 * 3, img = x.size() / x.dim(0);
+        Tensor direct({5, 64, 3, 3});
+        for (int64_t from = 0; from < 5; from += 2) {
+            const int64_t n = std::min<int64_t>(2, 5 - from);
+            Tensor part({n, x.dim(1), x.dim(2), x.dim(3)});
+            std::memcpy(part.data(), x.data() + from * img, size_t(n * img) * sizeof(float));
+            const Tensor out = to_tensor(forward_prefix(net->backbone, view(part), cut));
+            std::memcpy(direct.data() + from * per, out.data(), out.bytes());
+        }
         for (int i : {0, 1, 2}) {
             const int from = i == 0 ? 4 : i == 1 ? 0 : 2;
             CHECK(std::memcmp(a.data() + i * per, direct.data() + from * per, size_t(per) * sizeof(float)) == 0);

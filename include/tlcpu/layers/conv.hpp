@@ -41,7 +41,8 @@ public:
     const dnnl::memory& forward(const dnnl::memory& x, Mode mode) {
         auto& be = Backend::get();
         Plan* pp = &plans_.get(x.get_desc(), mode, [&] { return make(x.get_desc(), mode, be.train_precision); });
-        if (pp->precision != be.train_precision) *pp = make(x.get_desc(), mode, be.train_precision);
+        if (pp->precision != be.train_precision || pp->winograd != be.winograd)
+            *pp = make(x.get_desc(), mode, be.train_precision);
         Plan& p = *pp;
         if (p.weight_version != weight.version) {
             reorder(view(weight.value), p.weights);
@@ -74,7 +75,8 @@ public:
                                        bool residual_owned, dt precision) {
         static_assert(BN::in_channels == Out, "tlcpu: the folded BatchNorm must have the conv's output channels");
         Folded* pp = &folded_.get(x.get_desc(), Mode::inference, [&] { return make_folded(x.get_desc(), relu, residual, precision); });
-        if (pp->precision != precision) *pp = make_folded(x.get_desc(), relu, residual, precision);
+        if (pp->precision != precision || pp->winograd != Backend::get().winograd)
+            *pp = make_folded(x.get_desc(), relu, residual, precision);
         Folded& p = *pp;
         const auto v = versions(bn);
         if (p.versions != v) {
@@ -144,23 +146,25 @@ public:
         ++backward_runs;
         const dnnl::memory* g_w = nullptr;  // dy as backward-weights read it (bf16: converted once for both)
         if (weight.trainable) {
+            const dnnl::memory dw = be.weight_grad_buffer(b.wpd.diff_weights_desc());
             const dnnl::memory& g = as_desc(dy, b.wpd.diff_dst_desc(), b.dy_w);
             g_w = &g;
             const dnnl::memory& src = as_desc(p.src, b.wpd.src_desc(), b.src);
             std::unordered_map<int, dnnl::memory> args{
-                {DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, g}, {DNNL_ARG_DIFF_WEIGHTS, b.diff_weights}};
+                {DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, g}, {DNNL_ARG_DIFF_WEIGHTS, dw}};
             if constexpr (Bias) args[DNNL_ARG_DIFF_BIAS] = view(grad_of(bias));
             be.run(b.wprim, args);
-            reorder(b.diff_weights, view(grad_of(weight)));
+            reorder(dw, view(grad_of(weight)));
         }
         if (!need_dx) return nullptr;
-        if (b.weight_version != weight.version) {
+        if (!b.shares_weights && b.weight_version != weight.version) {
             reorder(view(weight.value), b.weights);
             b.weight_version = weight.version;
         }
         const dnnl::memory& g = g_w && g_w->get_desc() == b.dpd.diff_dst_desc() ? *g_w : as_desc(dy, b.dpd.diff_dst_desc(), b.dy_d);
         b.diff_src = be.grads().take(b.dpd.diff_src_desc(), &dy);
-        be.run(b.dprim, {{DNNL_ARG_DIFF_DST, g}, {DNNL_ARG_WEIGHTS, b.weights}, {DNNL_ARG_DIFF_SRC, b.diff_src}});
+        be.run(b.dprim, {{DNNL_ARG_DIFF_DST, g}, {DNNL_ARG_WEIGHTS, b.shares_weights ? p.weights : b.weights},
+                         {DNNL_ARG_DIFF_SRC, b.diff_src}});
         return &b.diff_src;
     }
 
@@ -170,8 +174,9 @@ private:
         dnnl::convolution_backward_weights wprim;
         dnnl::convolution_backward_data::primitive_desc dpd;
         dnnl::convolution_backward_data dprim;
-        dnnl::memory diff_weights, weights, diff_src, dy_w, dy_d, src;  // weights: backward-data's layout; diff_src: a GradPool buffer
+        dnnl::memory weights, diff_src, dy_w, dy_d, src;  // weights: backward-data's layout; diff_src: a GradPool buffer
         uint64_t weight_version = 0;
+        bool shares_weights = false;  // backward-data reads the forward's copy (same layout: Winograd's)
     };
     struct Plan {
         dnnl::convolution_forward::primitive_desc pd;
@@ -180,28 +185,60 @@ private:
         uint64_t weight_version = 0;
         Mode mode = Mode::inference;
         dt precision = dt::f32;
+        bool winograd = false;  // Backend::winograd when made (not whether oneDNN had it)
         std::unique_ptr<Backward> bwd;
     };
 
     static auto any(const dims& d, dt t = dt::f32) { return dnnl::memory::desc(d, t, tag::any); }
 
+    // Winograd F(4x4, 3x3) computes a 3x3 stride-1 conv with 2.25x fewer multiplies than the
+    // direct one; oneDNN has it for f32 on AVX-512 cores, in all three passes. On ResNet-50's
+    // 3x3 convs here it runs 1.4-2.3x faster than the direct kernel, and its rounding error
+    // is about 3x the direct conv's (~3e-6 of the output's range: tests/test_winograd.cpp).
+    // Backend::winograd turns it off; a shape oneDNN lacks it for, or whose Winograd scratchpad
+    // is over Backend::winograd_max_scratchpad, gets the direct conv.
+    static bool wants_winograd(dt t, bool on = Backend::get().winograd) { return K == 3 && S == 1 && t == dt::f32 && on; }
+    // With Winograd on, every f32 conv reads and writes nChw16c activations, the one layout
+    // oneDNN's Winograd kernel takes: left to choose, the 1x1 convs of a frozen block pick NHWC
+    // and each 3x3 between them would need two reorders (at batch 32: 26 reorders a forward and
+    // +430 MB of reorder buffers). The 1x1 kernel for nChw16c runs as fast as the NHWC one here
+    // (ResNet-50's 1x1 shapes, batch 32: within -10%..+13% each, no faster on the sum).
+    // (t: the activation's type; prec: what the conv computes in)
+    static dnnl::memory::desc act(const dims& d, dt t, int channels, dt prec) {
+        const bool blocked = prec == dt::f32 && Backend::get().winograd && channels % 16 == 0;
+        return dnnl::memory::desc(d, t, blocked ? tag::aBcd16b : tag::any);
+    }
+    // The primitive descriptor of desc(winograd) if wanted and implemented, else desc(direct).
+    template <class PD, class Desc, class... Hint>
+    static PD pick(bool winograd, Desc&& desc, const dnnl::primitive_attr& attr, const Hint&... hint) {
+        auto& eng = Backend::get().engine();
+        if (winograd) {
+            PD pd(desc(dnnl::algorithm::convolution_winograd), attr, eng, hint..., /*allow_empty=*/true);
+            if (pd && pd.scratchpad_desc().get_size() <= Backend::get().winograd_max_scratchpad) return pd;
+        }
+        return PD(desc(dnnl::algorithm::convolution_direct), attr, eng, hint...);
+    }
+
     static Backward make_backward(const Plan& p) {
         auto& eng = Backend::get().engine();
         const dims src = p.pd.src_desc().dims(), dst = p.pd.dst_desc().dims(), wei{Out, In, K, K};
-        const auto algo = dnnl::algorithm::convolution_direct;
         const dt t = p.precision;  // what the products run in; gradients leave in f32
         Backward b;
-        auto wdesc = Bias ? dnnl::convolution_backward_weights::desc(algo, any(src, t), any(wei),
-                                                                      dnnl::memory::desc({Out}, dt::f32, tag::a),
-                                                                      any(dst, t), {S, S}, {P, P}, {P, P})
-                          : dnnl::convolution_backward_weights::desc(algo, any(src, t), any(wei), any(dst, t), {S, S},
-                                                                      {P, P}, {P, P});
-        b.wpd = {wdesc, Backend::attr(), eng, p.pd};
+        // the forward's algorithm, as long as oneDNN has it for the backward pass too
+        b.wpd = pick<dnnl::convolution_backward_weights::primitive_desc>(wants_winograd(t, p.winograd), [&](dnnl::algorithm algo) {
+            return Bias ? dnnl::convolution_backward_weights::desc(algo, any(src, t), any(wei),
+                                                                   dnnl::memory::desc({Out}, dt::f32, tag::a),
+                                                                   any(dst, t), {S, S}, {P, P}, {P, P})
+                        : dnnl::convolution_backward_weights::desc(algo, any(src, t), any(wei), any(dst, t), {S, S},
+                                                                   {P, P}, {P, P});
+        }, Backend::attr(), p.pd);
         b.wprim = dnnl::convolution_backward_weights(b.wpd);
-        b.diff_weights = dnnl::memory(b.wpd.diff_weights_desc(), eng);
-        b.dpd = {{algo, any(src), any(wei, t), any(dst, t), {S, S}, {P, P}, {P, P}}, Backend::attr(), eng, p.pd};
+        b.dpd = pick<dnnl::convolution_backward_data::primitive_desc>(wants_winograd(t, p.winograd), [&](dnnl::algorithm algo) {
+            return dnnl::convolution_backward_data::desc(algo, any(src), any(wei, t), any(dst, t), {S, S}, {P, P}, {P, P});
+        }, Backend::attr(), p.pd);
         b.dprim = dnnl::convolution_backward_data(b.dpd);
-        b.weights = dnnl::memory(b.dpd.weights_desc(), eng);
+        b.shares_weights = b.dpd.weights_desc() == p.pd.weights_desc();
+        if (!b.shares_weights) b.weights = dnnl::memory(b.dpd.weights_desc(), eng);
         return b;
     }
 
@@ -215,16 +252,16 @@ private:
         auto prop = mode == Mode::inference ? dnnl::prop_kind::forward_inference
                                             : dnnl::prop_kind::forward_training;
         dims src{d[0], In, d[2], d[3]}, wei{Out, In, K, K}, dst{d[0], Out, oh, ow};
-        auto desc = Bias ? dnnl::convolution_forward::desc(
-                               prop, dnnl::algorithm::convolution_direct, any(src, t), any(wei, t),
-                               dnnl::memory::desc({Out}, dt::f32, tag::a), any(dst), {S, S},
-                               {P, P}, {P, P})
-                         : dnnl::convolution_forward::desc(prop, dnnl::algorithm::convolution_direct,
-                                                           any(src, t), any(wei, t), any(dst), {S, S},
-                                                           {P, P}, {P, P});
         Plan p;
         auto& eng = Backend::get().engine();
-        p.pd = dnnl::convolution_forward::primitive_desc(desc, Backend::attr(), eng);
+        p.winograd = Backend::get().winograd;
+        p.pd = pick<dnnl::convolution_forward::primitive_desc>(wants_winograd(t), [&](dnnl::algorithm algo) {
+            return Bias ? dnnl::convolution_forward::desc(prop, algo, act(src, t, In, t), any(wei, t),
+                                                          dnnl::memory::desc({Out}, dt::f32, tag::a), act(dst, dt::f32, Out, t),
+                                                          {S, S}, {P, P}, {P, P})
+                        : dnnl::convolution_forward::desc(prop, algo, act(src, t, In, t), any(wei, t), act(dst, dt::f32, Out, t),
+                                                          {S, S}, {P, P}, {P, P});
+        }, Backend::attr());
         p.prim = dnnl::convolution_forward(p.pd);
         p.weights = dnnl::memory(p.pd.weights_desc(), eng);
         p.dst = dnnl::memory(p.pd.dst_desc(), eng);
@@ -239,6 +276,7 @@ private:
         dnnl::memory weights, bias, dst, src_scratch;  // dst: a buffer of Backend::acts()
         std::array<uint64_t, 6> versions{};
         dt precision = dt::f32;
+        bool winograd = false;
     };
     static Folded make_folded(const dnnl::memory::desc& xd, bool relu, const dnnl::memory* residual, dt prec) {
         const dims d = xd.dims();
@@ -254,14 +292,16 @@ private:
             if (relu) ops.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
             dnnl::primitive_attr attr = Backend::attr();
             attr.set_post_ops(ops);
-            return dnnl::convolution_forward::primitive_desc(
-                {dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, any_p(src), any_p(wei),
-                 dnnl::memory::desc({Out}, dt::f32, tag::a), dst_md, {S, S}, {P, P}, {P, P}},
-                attr, eng);
+            return pick<dnnl::convolution_forward::primitive_desc>(wants_winograd(prec), [&](dnnl::algorithm algo) {
+                return dnnl::convolution_forward::desc(dnnl::prop_kind::forward_inference, algo, act(src, prec, In, prec),
+                                                       any_p(wei), dnnl::memory::desc({Out}, dt::f32, tag::a), dst_md,
+                                                       {S, S}, {P, P}, {P, P});
+            }, attr);
         };
         Folded p;
-        p.pd = make_pd(any_p(dst), residual != nullptr);
+        p.pd = make_pd(act(dst, prec, Out, prec), residual != nullptr);
         p.precision = prec;
+        p.winograd = Backend::get().winograd;
         p.prim = dnnl::convolution_forward(p.pd);
         p.weights = dnnl::memory(p.pd.weights_desc(), eng);
         p.bias = dnnl::memory(p.pd.bias_desc(), eng);

@@ -1,0 +1,174 @@
+// Winograd F(4x4, 3x3) 3x3 convolutions (Backend::winograd, on by default): forward, input
+// gradient and weight gradient within a few millionths of the range of a double-precision
+// loop, really a different computation from the direct conv, repeatable bit for bit; shapes it
+// does not cover (stride 2, 1x1, bf16) fall back to the direct conv.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "fixtures.hpp"
+
+namespace tlcpu_test_winograd {
+
+using namespace tlcpu;
+
+namespace {
+
+Tensor randn(Shape s, uint64_t seed, float sd = 1.f) {
+    Tensor t(std::move(s));
+    for (int64_t i = 0; i < t.size(); ++i) t[i] = sd * normal01(seed, 21, uint64_t(i));
+    return t;
+}
+
+struct WinogradGuard {
+    bool saved = Backend::get().winograd;
+    ~WinogradGuard() { Backend::get().winograd = saved; }
+};
+
+// y = conv(x, w) (stride 1, padding 1), dx and dw for an output gradient dy, in double.
+struct Reference {
+    Tensor y, dx, dw;
+};
+Reference conv3x3_loop(const Tensor& x, const Tensor& w, const Tensor& dy) {
+    const int64_t n = x.dim(0), ci = x.dim(1), h = x.dim(2), wd = x.dim(3), co = w.dim(0);
+    std::vector<double> y(size_t(n * co * h * wd)), dx(size_t(x.size())), dw(size_t(w.size()));
+    for (int64_t b = 0; b < n; ++b)
+        for (int64_t o = 0; o < co; ++o)
+            for (int64_t i = 0; i < h; ++i)
+                for (int64_t j = 0; j < wd; ++j) {
+                    const int64_t yi = ((b * co + o) * h + i) * wd + j;
+                    for (int64_t c = 0; c < ci; ++c)
+                        for (int64_t u = 0; u < 3; ++u)
+                            for (int64_t v = 0; v < 3; ++v) {
+                                const int64_t r = i + u - 1, q = j + v - 1;
+                                if (r < 0 || r >= h || q < 0 || q >= wd) continue;
+                                const int64_t xi = ((b * ci + c) * h + r) * wd + q, wi = ((o * ci + c) * 3 + u) * 3 + v;
+                                y[size_t(yi)] += double(x[xi]) * w[wi];
+                                dx[size_t(xi)] += double(dy[yi]) * w[wi];
+                                dw[size_t(wi)] += double(dy[yi]) * x[xi];
+                            }
+                }
+    auto as_tensor = [](const std::vector<double>& v, Shape s) {
+        Tensor t(std::move(s));
+        for (int64_t i = 0; i < t.size(); ++i) t[i] = float(v[size_t(i)]);
+        return t;
+    };
+    return {as_tensor(y, {n, co, h, wd}), as_tensor(dx, x.shape()), as_tensor(dw, w.shape())};
+}
+
+struct Run {
+    Tensor y, dx, dw;
+};
+template <class Conv>
+Run run(Conv& conv, const Tensor& x, const Tensor& dy) {
+    Run r;
+    r.y = to_tensor(conv.forward(view(x), Mode::training));
+    const dnnl::memory* dxm = conv.backward(view(dy), true);
+    REQUIRE(dxm != nullptr);
+    Backend::get().wait();
+    r.dx = to_tensor(*dxm);
+    r.dw = conv.weight.grad;
+    return r;
+}
+
+bool same_bits(const Tensor& a, const Tensor& b) {
+    return a.shape() == b.shape() && std::memcmp(a.data(), b.data(), a.bytes()) == 0;
+}
+
+}  // namespace
+
+TEST_CASE("Winograd 3x3 convs: forward and both gradients match a double loop, and differ from the direct conv") {
+    WinogradGuard guard;
+    Conv2d<64, 64, 3, 1, 1> conv;  // ResNet-50 layer1's 3x3 width: oneDNN blocks channels by 16
+    conv.weight.value = randn({64, 64, 3, 3}, 1, 1.f / 24.f);
+    conv.weight.touch();
+    Tensor x = randn({2, 64, 12, 10}, 2);
+    for (float& v : x) v = std::max(v, 0.f);  // a ReLU's output, as in a bottleneck
+    const Tensor dy = randn({2, 64, 12, 10}, 3);
+    const Reference ref = conv3x3_loop(x, conv.weight.value, dy);
+
+    Backend::get().winograd = false;
+    const Run direct = run(conv, x, dy);
+    Backend::get().winograd = true;
+    const Run wino = run(conv, x, dy);
+    const Run again = run(conv, x, dy);
+
+    CAPTURE(max_rel_diff(direct.y, ref.y));
+    CAPTURE(max_rel_diff(wino.y, ref.y));
+    CAPTURE(max_rel_diff(wino.dx, ref.dx));
+    CAPTURE(max_rel_diff(wino.dw, ref.dw));
+    CHECK(max_rel_diff(direct.y, ref.y) < 1e-5);
+    CHECK(max_rel_diff(direct.dx, ref.dx) < 1e-5);
+    CHECK(max_rel_diff(direct.dw, ref.dw) < 1e-5);
+    // Winograd's transforms add rounding (measured ~3e-6 of the range here and on 256 channels)
+    CHECK(max_rel_diff(wino.y, ref.y) < 3e-5);
+    CHECK(max_rel_diff(wino.dx, ref.dx) < 3e-5);
+    CHECK(max_rel_diff(wino.dw, ref.dw) < 3e-5);
+    // ... so the Winograd kernels did run in all three passes ...
+    CHECK_FALSE(same_bits(wino.y, direct.y));
+    CHECK_FALSE(same_bits(wino.dx, direct.dx));
+    CHECK_FALSE(same_bits(wino.dw, direct.dw));
+    // ... and repeat bit for bit, as the direct conv does.
+    CHECK(same_bits(wino.y, again.y));
+    CHECK(same_bits(wino.dx, again.dx));
+    CHECK(same_bits(wino.dw, again.dw));
+}
+
+TEST_CASE("Winograd in a frozen conv with BatchNorm folded in and a ReLU post-op") {
+    WinogradGuard guard;
+    Conv2d<64, 64, 3, 1, 1> conv;
+    BatchNorm2d<64> bn;
+    conv.weight.value = randn({64, 64, 3, 3}, 4, 1.f / 24.f);
+    bn.weight.value = randn({64}, 5, 0.3f);
+    bn.bias.value = randn({64}, 6, 0.1f);
+    bn.running_mean.value = randn({64}, 7, 0.1f);
+    for (float& v : bn.running_var.value) v = 0.5f;
+    Tensor x = randn({2, 64, 9, 14}, 8);
+    for (float& v : x) v = std::max(v, 0.f);
+    Backend::get().winograd = false;
+    const Tensor direct = to_tensor(conv.forward_folded(view(x), bn, true, nullptr, false, dt::f32));
+    Backend::get().winograd = true;
+    const Tensor wino = to_tensor(conv.forward_folded(view(x), bn, true, nullptr, false, dt::f32));
+    CAPTURE(max_rel_diff(wino, direct));
+    CHECK(max_rel_diff(wino, direct) < 3e-5);
+    CHECK_FALSE(same_bits(wino, direct));
+    CHECK(same_bits(to_tensor(conv.forward_folded(view(x), bn, true, nullptr, false, dt::f32)), wino));
+    for (float v : wino) REQUIRE(v >= 0.f);  // the ReLU post-op ran
+}
+
+TEST_CASE("convs Winograd does not cover run a direct conv") {
+    WinogradGuard guard;
+    // f32: a direct conv, on nChw16c activations (Winograd's layout) instead of the layout
+    // oneDNN would pick, so another kernel: the same sums, rounded otherwise.
+    auto both = [](auto& conv, Shape xs, uint64_t seed, bool f32) {
+        conv.weight.value = randn(conv.weight.value.shape(), seed, 0.05f);
+        conv.weight.touch();
+        const Tensor x = randn(xs, seed + 1);
+        Backend::get().winograd = false;
+        const Tensor dy = randn(to_tensor(conv.forward(view(x), Mode::training)).shape(), seed + 2);
+        const Run direct = run(conv, x, dy);
+        Backend::get().winograd = true;
+        const Run wino = run(conv, x, dy);
+        CAPTURE(max_rel_diff(wino.y, direct.y));
+        CAPTURE(max_rel_diff(wino.dx, direct.dx));
+        CAPTURE(max_rel_diff(wino.dw, direct.dw));
+        const double tol = f32 ? 1e-6 : 0.0;  // the direct conv's own rounding (Winograd's: ~1e-6 to 3e-6)
+        CHECK(max_rel_diff(wino.y, direct.y) <= tol);
+        CHECK(max_rel_diff(wino.dx, direct.dx) <= tol);
+        CHECK(max_rel_diff(wino.dw, direct.dw) <= tol);
+    };
+    Conv2d<64, 64, 3, 2, 1> strided;  // torchvision's layer2-4 first 3x3
+    both(strided, {2, 64, 12, 12}, 10, true);
+    Conv2d<64, 128, 1, 1, 0> pointwise;
+    both(pointwise, {2, 64, 8, 8}, 20, true);
+    // bf16 training convs have no Winograd kernel in oneDNN
+    Backend::get().train_precision = dt::bf16;
+    struct Restore {
+        ~Restore() { Backend::get().train_precision = dt::f32; }
+    } restore;
+    Conv2d<64, 64, 3, 1, 1> bf;
+    both(bf, {2, 64, 8, 8}, 30, false);
+}
+
+}  // namespace tlcpu_test_winograd
