@@ -66,8 +66,10 @@ TEST_CASE("int8 frozen blocks: calibrated, close to f32, repeatable, trainable l
         CHECK(b.act_max[4] > 0);
         CHECK((b.act_max[3] > 0) == std::remove_cvref_t<decltype(b)>::has_projection);
     });
-    // ... and leaves the precision as it was.
+    // ... and leaves the precision and the conv algorithm (direct during the pass) as they were.
     CHECK(Backend::get().frozen_precision == dt::s8);
+    CHECK(Backend::get().winograd);
+    CHECK_FALSE(Backend::get().calibrating);
 
     const Tensor q = to_tensor(net->backbone.forward(view(x), Mode::inference));
     const auto [err, cos] = closeness(f32, q);
