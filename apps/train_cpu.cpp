@@ -164,7 +164,12 @@ void run(const Config& c, const io::SafeTensors& weights, const Preprocessing& p
     int resume_phase = 0;
     if (c.resume) {
         check(fs::exists(ckpt), ckpt + ": nothing to resume from");
-        resume_phase = std::stoi(io::SafeTensors::open(ckpt).meta("phase"));
+        const auto f = io::SafeTensors::open(ckpt);
+        resume_phase = std::stoi(f.meta("phase"));
+        // the bits of an uninterrupted run need the same conv kernels (runs from before --conv: direct)
+        const std::string was = f.meta("conv", "direct");
+        check(was == c.conv, ckpt + ": the run trained with --conv " + was + "; resume it with the same (this call has --conv " +
+                                 c.conv + ")");
     }
     ModelCheckpoint best({(out / "best.safetensors").string(), "val_loss", "auto", true});
     std::optional<CSVLogger> history;

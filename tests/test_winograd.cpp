@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <string>
 
 #include "fixtures.hpp"
 
@@ -90,9 +91,22 @@ TEST_CASE("Winograd 3x3 convs: forward and both gradients match a double loop, a
 
     Backend::get().winograd = false;
     const Run direct = run(conv, x, dy);
+    CHECK(conv.kernels().find("wino") == std::string::npos);
     Backend::get().winograd = true;
     const Run wino = run(conv, x, dy);
     const Run again = run(conv, x, dy);
+    if (!Backend::get().has_winograd()) {  // a CPU without AVX-512: the flag changes nothing
+        CHECK(conv.kernels().find("wino") == std::string::npos);
+        CHECK(same_bits(wino.y, direct.y));
+        CHECK(same_bits(wino.dw, direct.dw));
+        return;
+    }
+    // The Winograd kernels ran in all three passes ...
+    const std::string k = conv.kernels();
+    CAPTURE(k);
+    CHECK(k.find("forward jit_wino") != std::string::npos);
+    CHECK(k.find("backward-weights jit_wino") != std::string::npos);
+    CHECK(k.find("backward-data jit_wino") != std::string::npos);
 
     CAPTURE(max_rel_diff(direct.y, ref.y));
     CAPTURE(max_rel_diff(wino.y, ref.y));
@@ -105,7 +119,7 @@ TEST_CASE("Winograd 3x3 convs: forward and both gradients match a double loop, a
     CHECK(max_rel_diff(wino.y, ref.y) < 3e-5);
     CHECK(max_rel_diff(wino.dx, ref.dx) < 3e-5);
     CHECK(max_rel_diff(wino.dw, ref.dw) < 3e-5);
-    // ... so the Winograd kernels did run in all three passes ...
+    // ... and computed otherwise than the direct conv ...
     CHECK_FALSE(same_bits(wino.y, direct.y));
     CHECK_FALSE(same_bits(wino.dx, direct.dx));
     CHECK_FALSE(same_bits(wino.dw, direct.dw));
@@ -128,8 +142,12 @@ TEST_CASE("Winograd in a frozen conv with BatchNorm folded in and a ReLU post-op
     for (float& v : x) v = std::max(v, 0.f);
     Backend::get().winograd = false;
     const Tensor direct = to_tensor(conv.forward_folded(view(x), bn, true, nullptr, false, dt::f32));
+    CHECK(conv.folded_kernel().find("wino") == std::string::npos);
     Backend::get().winograd = true;
     const Tensor wino = to_tensor(conv.forward_folded(view(x), bn, true, nullptr, false, dt::f32));
+    if (!Backend::get().has_winograd()) return;  // (checked by the test above)
+    CAPTURE(conv.folded_kernel());
+    CHECK(conv.folded_kernel().find("wino") != std::string::npos);  // (here its F(2x2, 3x3) kernel: small batch)
     CAPTURE(max_rel_diff(wino, direct));
     CHECK(max_rel_diff(wino, direct) < 3e-5);
     CHECK_FALSE(same_bits(wino, direct));
@@ -150,6 +168,8 @@ TEST_CASE("convs Winograd does not cover run a direct conv") {
         const Run direct = run(conv, x, dy);
         Backend::get().winograd = true;
         const Run wino = run(conv, x, dy);
+        CAPTURE(conv.kernels());
+        CHECK(conv.kernels().find("wino") == std::string::npos);
         CAPTURE(max_rel_diff(wino.y, direct.y));
         CAPTURE(max_rel_diff(wino.dx, direct.dx));
         CAPTURE(max_rel_diff(wino.dw, direct.dw));

@@ -98,6 +98,20 @@ public:
     // at batch 32 layer4's backward-weights pass wants 134 MiB, for 1% of a full fine-tuning
     // step; every other pass of ResNet-50's 3x3 convs fits in 60.
     size_t winograd_max_scratchpad = size_t(64) << 20;
+    // What a conv plan depends on of the two above: 0 when Winograd is off or this CPU has no
+    // Winograd kernel (oneDNN's needs AVX-512), so nothing is forced into its layout there.
+    size_t winograd_key() const { return winograd && has_winograd() ? winograd_max_scratchpad + 1 : 0; }
+    bool has_winograd() const {
+        static const bool has = [this] {
+            const dnnl::memory::desc a({1, 16, 8, 8}, dt::f32, dnnl::memory::format_tag::any),
+                w({16, 16, 3, 3}, dt::f32, dnnl::memory::format_tag::any);
+            const dnnl::convolution_forward::desc d(dnnl::prop_kind::forward_training,
+                                                    dnnl::algorithm::convolution_winograd, a, w, a, {1, 1}, {1, 1},
+                                                    {1, 1});
+            return bool(dnnl::convolution_forward::primitive_desc(d, engine_, /*allow_empty=*/true));
+        }();
+        return has;
+    }
     // Set during an int8 calibration pass: frozen blocks run in f32 and record the largest
     // value of each activation they produce.
     bool calibrating = false;

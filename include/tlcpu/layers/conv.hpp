@@ -41,7 +41,7 @@ public:
     const dnnl::memory& forward(const dnnl::memory& x, Mode mode) {
         auto& be = Backend::get();
         Plan* pp = &plans_.get(x.get_desc(), mode, [&] { return make(x.get_desc(), mode, be.train_precision); });
-        if (pp->precision != be.train_precision || pp->winograd != be.winograd)
+        if (pp->precision != be.train_precision || pp->winograd != be.winograd_key())
             *pp = make(x.get_desc(), mode, be.train_precision);
         Plan& p = *pp;
         if (p.weight_version != weight.version) {
@@ -58,6 +58,17 @@ public:
         return p.dst;
     }
     const dnnl::memory& output() const { return last_->dst; }
+    // oneDNN's names for the kernels the last training-mode forward and its backward ran
+    // ("forward jit_wino_4x3:avx512_core, ..."), and the last folded forward's: which
+    // algorithm and ISA a shape got on this CPU.
+    std::string kernels() const {
+        std::string k = last_ ? std::string("forward ") + last_->pd.impl_info_str() : "";
+        if (last_ && last_->bwd)
+            k += std::string(", backward-weights ") + last_->bwd->wpd.impl_info_str() + ", backward-data " +
+                 last_->bwd->dpd.impl_info_str();
+        return k;
+    }
+    std::string folded_kernel() const { return last_folded_ ? last_folded_->pd.impl_info_str() : ""; }
 
     // Inference with the BatchNorm that follows folded into the weights and a bias,
     //   y = relu?( conv(x, W * s) + (beta - mean * s) [+ residual] ),  s = gamma / sqrt(var + eps)
@@ -75,9 +86,10 @@ public:
                                        bool residual_owned, dt precision) {
         static_assert(BN::in_channels == Out, "tlcpu: the folded BatchNorm must have the conv's output channels");
         Folded* pp = &folded_.get(x.get_desc(), Mode::inference, [&] { return make_folded(x.get_desc(), relu, residual, precision); });
-        if (pp->precision != precision || pp->winograd != Backend::get().winograd)
+        if (pp->precision != precision || pp->winograd != Backend::get().winograd_key())
             *pp = make_folded(x.get_desc(), relu, residual, precision);
         Folded& p = *pp;
+        last_folded_ = &p;
         const auto v = versions(bn);
         if (p.versions != v) {
             Tensor w, b;
@@ -140,6 +152,7 @@ public:
     const dnnl::memory* backward(const dnnl::memory& dy, bool need_dx) {
         check(last_ && last_->mode == Mode::training, "Conv2d backward without a training-mode forward");
         Plan& p = *last_;
+        check(p.weight_version == weight.version, "Conv2d backward after its weight changed since the forward");
         if (!p.bwd) p.bwd = std::make_unique<Backward>(make_backward(p));
         Backward& b = *p.bwd;
         auto& be = Backend::get();
@@ -185,19 +198,20 @@ private:
         uint64_t weight_version = 0;
         Mode mode = Mode::inference;
         dt precision = dt::f32;
-        bool winograd = false;  // Backend::winograd when made (not whether oneDNN had it)
+        size_t winograd = 0;  // Backend::winograd_key() when made (not whether this shape got Winograd)
         std::unique_ptr<Backward> bwd;
     };
 
     static auto any(const dims& d, dt t = dt::f32) { return dnnl::memory::desc(d, t, tag::any); }
 
     // Winograd F(4x4, 3x3) computes a 3x3 stride-1 conv with 2.25x fewer multiplies than the
-    // direct one; oneDNN has it for f32 on AVX-512 cores, in all three passes. On ResNet-50's
+    // direct one; oneDNN has it for f32 on AVX-512 cores, in all three passes (and picks its
+    // F(2x2, 3x3) kernel for inference at small batches). On ResNet-50's
     // 3x3 convs here it runs 1.4-2.3x faster than the direct kernel, and its rounding error
     // is about 3x the direct conv's (~3e-6 of the output's range: tests/test_winograd.cpp).
     // Backend::winograd turns it off; a shape oneDNN lacks it for, or whose Winograd scratchpad
     // is over Backend::winograd_max_scratchpad, gets the direct conv.
-    static bool wants_winograd(dt t, bool on = Backend::get().winograd) { return K == 3 && S == 1 && t == dt::f32 && on; }
+    static bool wants_winograd(dt t, bool on = Backend::get().winograd_key() != 0) { return K == 3 && S == 1 && t == dt::f32 && on; }
     // With Winograd on, every f32 conv reads and writes nChw16c activations, the one layout
     // oneDNN's Winograd kernel takes: left to choose, the 1x1 convs of a frozen block pick NHWC
     // and each 3x3 between them would need two reorders (at batch 32: 26 reorders a forward and
@@ -205,7 +219,7 @@ private:
     // (ResNet-50's 1x1 shapes, batch 32: within -10%..+13% each, no faster on the sum).
     // (t: the activation's type; prec: what the conv computes in)
     static dnnl::memory::desc act(const dims& d, dt t, int channels, dt prec) {
-        const bool blocked = prec == dt::f32 && Backend::get().winograd && channels % 16 == 0;
+        const bool blocked = prec == dt::f32 && Backend::get().winograd_key() != 0 && channels % 16 == 0;
         return dnnl::memory::desc(d, t, blocked ? tag::aBcd16b : tag::any);
     }
     // The primitive descriptor of desc(winograd) if wanted and implemented, else desc(direct).
@@ -225,7 +239,7 @@ private:
         const dt t = p.precision;  // what the products run in; gradients leave in f32
         Backward b;
         // the forward's algorithm, as long as oneDNN has it for the backward pass too
-        b.wpd = pick<dnnl::convolution_backward_weights::primitive_desc>(wants_winograd(t, p.winograd), [&](dnnl::algorithm algo) {
+        b.wpd = pick<dnnl::convolution_backward_weights::primitive_desc>(wants_winograd(t, p.winograd != 0), [&](dnnl::algorithm algo) {
             return Bias ? dnnl::convolution_backward_weights::desc(algo, any(src, t), any(wei),
                                                                    dnnl::memory::desc({Out}, dt::f32, tag::a),
                                                                    any(dst, t), {S, S}, {P, P}, {P, P})
@@ -233,7 +247,7 @@ private:
                                                                    {P, P}, {P, P});
         }, Backend::attr(), p.pd);
         b.wprim = dnnl::convolution_backward_weights(b.wpd);
-        b.dpd = pick<dnnl::convolution_backward_data::primitive_desc>(wants_winograd(t, p.winograd), [&](dnnl::algorithm algo) {
+        b.dpd = pick<dnnl::convolution_backward_data::primitive_desc>(wants_winograd(t, p.winograd != 0), [&](dnnl::algorithm algo) {
             return dnnl::convolution_backward_data::desc(algo, any(src), any(wei, t), any(dst, t), {S, S}, {P, P}, {P, P});
         }, Backend::attr(), p.pd);
         b.dprim = dnnl::convolution_backward_data(b.dpd);
@@ -254,7 +268,7 @@ private:
         dims src{d[0], In, d[2], d[3]}, wei{Out, In, K, K}, dst{d[0], Out, oh, ow};
         Plan p;
         auto& eng = Backend::get().engine();
-        p.winograd = Backend::get().winograd;
+        p.winograd = Backend::get().winograd_key();
         p.pd = pick<dnnl::convolution_forward::primitive_desc>(wants_winograd(t), [&](dnnl::algorithm algo) {
             return Bias ? dnnl::convolution_forward::desc(prop, algo, act(src, t, In, t), any(wei, t),
                                                           dnnl::memory::desc({Out}, dt::f32, tag::a), act(dst, dt::f32, Out, t),
@@ -276,7 +290,7 @@ private:
         dnnl::memory weights, bias, dst, src_scratch;  // dst: a buffer of Backend::acts()
         std::array<uint64_t, 6> versions{};
         dt precision = dt::f32;
-        bool winograd = false;
+        size_t winograd = 0;
     };
     static Folded make_folded(const dnnl::memory::desc& xd, bool relu, const dnnl::memory* residual, dt prec) {
         const dims d = xd.dims();
@@ -301,7 +315,7 @@ private:
         Folded p;
         p.pd = make_pd(act(dst, prec, Out, prec), residual != nullptr);
         p.precision = prec;
-        p.winograd = Backend::get().winograd;
+        p.winograd = Backend::get().winograd_key();
         p.prim = dnnl::convolution_forward(p.pd);
         p.weights = dnnl::memory(p.pd.weights_desc(), eng);
         p.bias = dnnl::memory(p.pd.bias_desc(), eng);
@@ -384,6 +398,7 @@ private:
     PlanCache<Plan> plans_;
     Plan* last_ = nullptr;
     PlanCache<Folded> folded_;
+    Folded* last_folded_ = nullptr;
     PlanCache<Quant> quant_;
 };
 
