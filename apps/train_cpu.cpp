@@ -164,12 +164,7 @@ void run(const Config& c, const io::SafeTensors& weights, const Preprocessing& p
     int resume_phase = 0;
     if (c.resume) {
         check(fs::exists(ckpt), ckpt + ": nothing to resume from");
-        const auto f = io::SafeTensors::open(ckpt);
-        resume_phase = std::stoi(f.meta("phase"));
-        // the bits of an uninterrupted run need the same conv kernels (runs from before --conv: direct)
-        const std::string was = f.meta("conv", "direct");
-        check(was == c.conv, ckpt + ": the run trained with --conv " + was + "; resume it with the same (this call has --conv " +
-                                 c.conv + ")");
+        resume_phase = std::stoi(io::SafeTensors::open(ckpt).meta("phase"));
     }
     ModelCheckpoint best({(out / "best.safetensors").string(), "val_loss", "auto", true});
     std::optional<CSVLogger> history;
@@ -365,6 +360,13 @@ int main(int argc, char** argv) {
     try {
         if (std::error_code ec; !fs::create_directories(c.out, ec) && ec)
             fail(c.out + ": cannot create the output folder (" + ec.message() + ")");
+        if (const auto ckpt = fs::path(c.out) / "checkpoint.safetensors"; c.resume && fs::exists(ckpt)) {
+            // The bits of an uninterrupted run need the same conv kernels (runs from before
+            // --conv: direct). Checked before config.toml is rewritten, so a refusal changes nothing.
+            const std::string was = io::SafeTensors::open(ckpt.string()).meta("conv", "direct");
+            check(was == c.conv, ckpt.string() + ": the run trained with --conv " + was +
+                                     "; resume it with the same (this call has --conv " + c.conv + ")");
+        }
         if (rank0) {
             std::ofstream cfg(fs::path(c.out) / "config.toml");
             cfg << app.config_to_str(true, false);

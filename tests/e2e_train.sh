@@ -107,6 +107,14 @@ grep -qx "augment=false" "$out/cached/config.toml" && grep -qx "flip=true" "$out
 cmp <(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1])))' "$out/cached/metrics.json") \
     <(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1])))' "$out/cached_eval.json")
 
+# A resume with the other conv algorithm could not give an uninterrupted run's bits: refused,
+# leaving the run as it was (config.toml too).
+rc3=0
+cp "$out/run/config.toml" "$out/config.before"
+"$build/apps/train_cpu" "${args[@]}" --epochs2 2 --resume --conv direct > /dev/null 2> "$out/conv.err" || rc3=$?
+[ $rc3 = 1 ] && grep -qF "checkpoint.safetensors: the run trained with --conv winograd; resume it with the same (this call has --conv direct)" "$out/conv.err" \
+    || { echo "resume with another --conv: exit $rc3"; cat "$out/conv.err"; exit 1; }
+cmp "$out/config.before" "$out/run/config.toml"
 "$build/apps/train_cpu" "${args[@]}" --epochs2 2 --resume > "$out/resume.log"
 grep -q "resuming phase 2 after epoch 1" "$out/resume.log" || { cat "$out/resume.log"; exit 1; }
 /usr/bin/python3 - "$out" <<'PY'
