@@ -91,11 +91,11 @@ TEST_CASE("frozen layers compute no gradient and no backward primitive runs belo
 }
 
 // A 50-layer network from scratch on 32 images with batch-8 BatchNorm is chaotic: changing
-// the input by 1e-6 of itself moves backbone gradients by up to 20% after one step, so any
+// the input by 1e-6 of itself moves backbone gradients by up to 25% after one step, so any
 // change of rounding (Winograd or direct convs, another oneDNN) gives another trajectory.
 // These settings fit whatever the rounding: checked on 8 initialisations, each with direct and
 // Winograd convs (the weakest: loss down 8.4x, last epoch 0.938); with patience 1 and 30
-// epochs 7 of those 16 runs fell short.
+// epochs, 4 of 8 runs (4 initialisations, each both ways) fell short of 100%.
 TEST_CASE("the tiny network fits a small 4-class problem to 100% training accuracy") {
     auto data = synthetic_squares(32, 7);
     auto net = fresh_tiny(11);

@@ -25,16 +25,30 @@ using dt = dnnl::memory::data_type;
 // Forward propagation kind: inference lets oneDNN skip what backward would need.
 enum class Mode { inference, training };
 
-// A 64-byte-aligned block that only grows: the scratchpad and the shared buffers.
-struct FreeDeleter {
-    void operator()(char* p) const { std::free(p); }
+// A 64-byte-aligned block that only grows: the scratchpad and the shared buffers. Growing
+// drops the contents, which every user's are dead by then.
+class GrowingBuffer {
+public:
+    char* at_least(size_t n, const char* what) {
+        if (n > bytes_) {
+            Ptr p(static_cast<char*>(std::aligned_alloc(64, (n + 63) / 64 * 64)));
+            if (!p) fail("out of memory allocating a " + std::to_string(n) + "-byte " + what);
+            p_ = std::move(p);
+            bytes_ = n;
+        }
+        return p_.get();
+    }
+    char* get() const { return p_.get(); }
+    size_t bytes() const { return bytes_; }
+
+private:
+    struct FreeDeleter {
+        void operator()(char* p) const { std::free(p); }
+    };
+    using Ptr = std::unique_ptr<char, FreeDeleter>;
+    Ptr p_;
+    size_t bytes_ = 0;
 };
-using AlignedBuffer = std::unique_ptr<char, FreeDeleter>;
-inline AlignedBuffer aligned_buffer(size_t n, const char* what) {
-    AlignedBuffer p(static_cast<char*>(std::aligned_alloc(64, (n + 63) / 64 * 64)));
-    if (!p) fail("out of memory allocating a " + std::to_string(n) + "-byte " + what);
-    return p;
-}
 
 class Backend {
 public:
@@ -57,28 +71,20 @@ public:
     // what ran (a frozen layer must run no backward primitive).
     void run(const dnnl::primitive& p, std::unordered_map<int, dnnl::memory> args) {
         const dnnl_memory_desc_t* md = dnnl_primitive_desc_query_md(p.get_primitive_desc(), dnnl_query_scratchpad_md, 0);
-        if (const size_t need = md ? dnnl_memory_desc_get_size(md) : 0) {
-            if (need > scratch_size_) {
-                scratch_ = aligned_buffer(need, "oneDNN scratchpad");
-                scratch_size_ = need;
-            }
-            args[DNNL_ARG_SCRATCHPAD] = dnnl::memory(dnnl::memory::desc(*md), engine_, scratch_.get());
-        }
+        if (const size_t need = md ? dnnl_memory_desc_get_size(md) : 0)
+            args[DNNL_ARG_SCRATCHPAD] =
+                dnnl::memory(dnnl::memory::desc(*md), engine_, scratch_.at_least(need, "oneDNN scratchpad"));
         p.execute(stream_, args);
         ++executed_;
     }
     uint64_t executed() const { return executed_; }
-    size_t scratchpad_bytes() const { return scratch_size_; }  // the largest any primitive has needed
+    size_t scratchpad_bytes() const { return scratch_.bytes(); }  // the largest any primitive has needed
 
     // Where a conv's backward-weights pass writes its blocked weight gradient, which lives only
     // until it is reordered into the parameter's gradient: one buffer the size of the largest
     // weight instead of one per conv (ResNet-50: 9 MB instead of 94).
     dnnl::memory weight_grad_buffer(const dnnl::memory::desc& d) {
-        if (d.get_size() > wgrad_size_) {
-            wgrad_ = aligned_buffer(d.get_size(), "weight gradient buffer");
-            wgrad_size_ = d.get_size();
-        }
-        return dnnl::memory(d, engine_, wgrad_.get());
+        return dnnl::memory(d, engine_, wgrad_.at_least(d.get_size(), "weight gradient buffer"));
     }
 
     // Precision of the folded convolutions of frozen blocks (inference mode): f32, or bf16
@@ -136,8 +142,7 @@ public:
     // activation-sized buffer per layer.
     class BufferPool {
         struct Slot {
-            AlignedBuffer p;
-            size_t bytes = 0;
+            GrowingBuffer p;
             int held = 0;
         };
 
@@ -154,11 +159,8 @@ public:
                     break;
                 }
             if (!pick) pick = &slots_.emplace_back();
-            if (pick->bytes < need) {  // a free slot's old contents are dead: grow it
-                pick->p = aligned_buffer(need, "shared buffer");
-                pick->bytes = need;
-            }
-            return dnnl::memory(d, Backend::get().engine(), pick->p.get());
+            // (a free slot's old contents are dead: it may grow)
+            return dnnl::memory(d, Backend::get().engine(), pick->p.at_least(need, "shared buffer"));
         }
         // True when m is a pool buffer nobody holds: its reader may overwrite it (in place).
         bool free_to_overwrite(const dnnl::memory& m) {
@@ -199,8 +201,7 @@ private:
     dnnl::engine engine_;
     dnnl::stream stream_;
     uint64_t executed_ = 0;
-    AlignedBuffer scratch_, wgrad_;
-    size_t scratch_size_ = 0, wgrad_size_ = 0;
+    GrowingBuffer scratch_, wgrad_;
     BufferPool grads_, acts_;
     std::unordered_map<const void*, float> scales_;
 };
