@@ -104,14 +104,14 @@ TEST_CASE("bf16 trainable convolutions: close to f32, f32 weight gradients, repe
         return std::sqrt(e / r);
     };
     // One conv: output, input gradient and weight gradient against f32. bf16 keeps 8 bits
-    // of mantissa, accumulation stays f32: relative L2 errors of a few 1e-3. A 3x3 conv runs
-    // oneDNN's backward-weights kernel, a 1x1 conv a matmul (stride 1, and stride 2 on the
-    // pixels it reads); their weight gradient must also equal, to f32 rounding, a double-
-    // precision sum of the same bf16 products.
+    // of mantissa, accumulation stays f32: relative L2 errors of a few 1e-3. The weight
+    // gradient, by oneDNN's conv kernel or by a matmul (Conv2d::make_backward), must also
+    // equal a double-precision sum of the same bf16 products to f32 rounding.
     auto check_conv = [&](auto& conv, int h, bool matmul) {
         using C = std::remove_reference_t<decltype(conv)>;
         CAPTURE(C::kernel);
         CAPTURE(C::stride);
+        CAPTURE(h);
         init_he_normal(conv.weight.value, 1, 2);
         conv.weight.touch();
         const int oh = int(conv_out(h, C::kernel, C::stride, C::padding));
@@ -137,24 +137,33 @@ TEST_CASE("bf16 trainable convolutions: close to f32, f32 weight gradients, repe
             CHECK(rel(f32[size_t(k)], bf[size_t(k)]) > 1e-5);  // the bf16 kernels did run
             CHECK(std::memcmp(bf[size_t(k)].data(), again[size_t(k)].data(), bf[size_t(k)].bytes()) == 0);
         }
-        if constexpr (C::kernel == 1) {
-            Tensor want(conv.weight.grad.shape());
-            for (int o = 0; o < C::out_channels; ++o)
-                for (int i = 0; i < C::in_channels; ++i) {
-                    double sum = 0;
-                    for (int n = 0; n < 4; ++n)
-                        for (int y = 0; y < oh; ++y)
-                            for (int z = 0; z < oh; ++z)
-                                sum += double(bf16_round(dy[((int64_t(n) * C::out_channels + o) * oh + y) * oh + z])) *
-                                       bf16_round(x[((int64_t(n) * C::in_channels + i) * h + y * C::stride) * h + z * C::stride]);
-                    want[int64_t(o) * C::in_channels + i] = float(sum);
-                }
-            CAPTURE(rel(want, bf[2]));
-            CHECK(rel(want, bf[2]) < 1e-6);
-        }
+        // the weight gradient against a double-precision sum of the same bf16 products
+        constexpr int K = C::kernel, S = C::stride, P = C::padding, I = C::in_channels;
+        Tensor want(conv.weight.grad.shape());
+        for (int o = 0; o < C::out_channels; ++o)
+            for (int i = 0; i < I; ++i)
+                for (int ky = 0; ky < K; ++ky)
+                    for (int kx = 0; kx < K; ++kx) {
+                        double sum = 0;
+                        for (int n = 0; n < 4; ++n)
+                            for (int y = 0; y < oh; ++y)
+                                for (int z = 0; z < oh; ++z) {
+                                    const int iy = y * S - P + ky, ix = z * S - P + kx;
+                                    if (iy < 0 || iy >= h || ix < 0 || ix >= h) continue;
+                                    sum += double(bf16_round(dy[((int64_t(n) * C::out_channels + o) * oh + y) * oh + z])) *
+                                           bf16_round(x[((int64_t(n) * I + i) * h + iy) * h + ix]);
+                                }
+                        want[((int64_t(o) * I + i) * K + ky) * K + kx] = float(sum);
+                    }
+        CAPTURE(rel(want, bf[2]));
+        CHECK(rel(want, bf[2]) < 1e-6);
     };
-    Conv2d<32, 48, 3, 2, 1> c3;
+    // oneDNN's kernel where the image is large, a matmul where it is small, strided or 1x1
+    Conv2d<32, 48, 3, 1, 1> c3;
     check_conv(c3, 15, false);
+    check_conv(c3, 7, true);
+    Conv2d<32, 48, 3, 2, 1> c3s2;
+    check_conv(c3s2, 15, true);
     Conv2d<32, 48, 1> c1;
     check_conv(c1, 15, true);
     Conv2d<32, 48, 1, 2> c1s2;

@@ -87,6 +87,9 @@ public:
         return dnnl::memory(d, engine_, wgrad_.at_least(d.get_size(), "weight gradient buffer"));
     }
 
+    // The rows a bf16 conv's weight-gradient matmul reads (Conv2d::im2col), likewise shared.
+    void* column_buffer(size_t n) { return cols_.at_least(n, "im2col buffer"); }
+
     // Precision of the folded convolutions of frozen blocks (inference mode): f32, or bf16
     // with f32 accumulation and f32 master weights (AVX512_BF16 / AMX units), or s8: int8
     // blocks (u8 activations, s8 weights, s32 accumulation; VNNI / AMX) with scales from a
@@ -201,7 +204,7 @@ private:
     dnnl::engine engine_;
     dnnl::stream stream_;
     uint64_t executed_ = 0;
-    GrowingBuffer scratch_, wgrad_;
+    GrowingBuffer scratch_, wgrad_, cols_;
     BufferPool grads_, acts_;
     std::unordered_map<const void*, float> scales_;
 };

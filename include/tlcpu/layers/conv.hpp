@@ -164,15 +164,18 @@ public:
         if (weight.trainable && b.mprim) {
             const dnnl::memory& g = as_desc(dy, b.mm_dy, b.dy_w);
             g_w = &g;
-            const dnnl::memory* x = &p.src;
-            if constexpr (S != 1) {  // the pixels a strided 1x1 conv reads, packed
-                gather_strided(p.src, b.src);
-                x = &b.src;
-            }
             const auto& eng = be.engine();
+            void* cols = p.src.get_data_handle();  // a 1x1 stride-1 conv reads its input's rows as they are
+            if (K != 1 || S != 1) {
+                cols = be.column_buffer(b.mpd.weights_desc().get_size());
+                im2col(p.src, static_cast<uint16_t*>(cols), b.mm_dy.dims());
+            }
+            // a 1x1 conv's [Out][In] gradient is the plain one; a KxK conv's comes out [Out][K][K][In]
+            const dnnl::memory dw = K == 1 ? view(grad_of(weight)) : be.weight_grad_buffer(b.mm_dw);
             be.run(b.mprim, {{DNNL_ARG_SRC, dnnl::memory(b.mpd.src_desc(), eng, g.get_data_handle())},
-                             {DNNL_ARG_WEIGHTS, dnnl::memory(b.mpd.weights_desc(), eng, x->get_data_handle())},
-                             {DNNL_ARG_DST, dnnl::memory(b.mpd.dst_desc(), eng, grad_of(weight).data())}});
+                             {DNNL_ARG_WEIGHTS, dnnl::memory(b.mpd.weights_desc(), eng, cols)},
+                             {DNNL_ARG_DST, dnnl::memory(b.mpd.dst_desc(), eng, dw.get_data_handle())}});
+            if constexpr (K != 1) reorder(dw, view(grad_of(weight)));
         } else if (weight.trainable) {
             const dnnl::memory dw = be.weight_grad_buffer(b.wpd.diff_weights_desc());
             const dnnl::memory& g = as_desc(dy, b.wpd.diff_dst_desc(), b.dy_w);
@@ -203,10 +206,11 @@ private:
         dnnl::convolution_backward_data::primitive_desc dpd;
         dnnl::convolution_backward_data dprim;
         dnnl::memory weights, diff_src, dy_w, dy_d, src;  // weights: backward-data's layout; diff_src: a GradPool buffer
-        // bf16 1x1 convs: backward-weights as the matmul dW[o][i] = sum over pixels of dy[o] x[i]
+        // bf16 convs with a matmul backward-weights (make_backward): its primitive (empty: the
+        // conv primitive above computes it), dy as it reads it, a KxK conv's [Out][K][K][In] result
         dnnl::matmul::primitive_desc mpd;
-        dnnl::matmul mprim;  // empty: the conv primitive above computes it
-        dnnl::memory::desc mm_dy;  // dy as the matmul reads it
+        dnnl::matmul mprim;
+        dnnl::memory::desc mm_dy, mm_dw;
         uint64_t weight_version = 0;
         bool shares_weights = false;  // backward-data reads the forward's copy (same layout: Winograd's)
     };
@@ -252,18 +256,25 @@ private:
         return PD(desc(dnnl::algorithm::convolution_direct), attr, eng, hint...);
     }
 
-    // to = from[:, :, ::S, ::S], both NHWC bf16. (oneDNN cannot describe the strided view
-    // when S * (output height) passes the input height, as for odd heights.)
-    static void gather_strided(const dnnl::memory& from, const dnnl::memory& to) {
-        const dims s = from.get_desc().dims(), d = to.get_desc().dims();
+    // The rows of the weight-gradient matmul for NHWC bf16 x and an output of size out:
+    // col[n][oy][ox][ky][kx][i] = x[n][oy*S-P+ky][ox*S-P+kx][i], zero in the padding.
+    static void im2col(const dnnl::memory& from, uint16_t* col, const dims& out) {
+        const dims d = from.get_desc().dims();
         Backend::get().wait();
-        const auto* src = static_cast<const uint16_t*>(from.get_data_handle());
-        auto* dst = static_cast<uint16_t*>(to.get_data_handle());
+        const auto* x = static_cast<const uint16_t*>(from.get_data_handle());
 #pragma omp parallel for
-        for (int64_t r = 0; r < d[0] * d[2]; ++r) {
-            const int64_t n = r / d[2], y = r % d[2];
-            for (int64_t x = 0; x < d[3]; ++x)
-                std::memcpy(dst + (r * d[3] + x) * In, src + ((n * s[2] + y * S) * s[3] + x * S) * In, In * sizeof(uint16_t));
+        for (int64_t r = 0; r < out[0] * out[2]; ++r) {
+            const int64_t n = r / out[2], oy = r % out[2];
+            for (int64_t ox = 0; ox < out[3]; ++ox)
+                for (int ky = 0; ky < K; ++ky)
+                    for (int kx = 0; kx < K; ++kx) {
+                        uint16_t* to = col + (((r * out[3] + ox) * K + ky) * K + kx) * In;
+                        const int64_t iy = oy * S - P + ky, ix = ox * S - P + kx;
+                        if (iy < 0 || iy >= d[2] || ix < 0 || ix >= d[3])
+                            std::memset(to, 0, In * sizeof(uint16_t));
+                        else
+                            std::memcpy(to, x + ((n * d[2] + iy) * d[3] + ix) * In, In * sizeof(uint16_t));
+                    }
         }
     }
 
@@ -272,22 +283,29 @@ private:
         const dims src = p.pd.src_desc().dims(), dst = p.pd.dst_desc().dims(), wei{Out, In, K, K};
         const dt t = p.precision;  // what the products run in; gradients leave in f32
         Backward b;
-        // oneDNN 2.6's bf16 backward-weights kernel for 1x1 convs runs at a sixth of what its
-        // matmul reaches on the same products (batch 32, layer4's 1x1 shapes on AMX: 10.5-27 ms
-        // against 1.6-3.5 ms). With NHWC activations (what bf16 convs pick) a 1x1 conv's weight
-        // gradient is one matmul over the pixels: dW[Out][In] = dy^T [Out][pixels] x [pixels][In],
-        // dy^T being NHWC dy read with swapped strides, written straight into the plain gradient.
-        if (t == dt::bf16 && K == 1 && P == 0 && !Bias && p.pd.src_desc() == dnnl::memory::desc(src, t, tag::acdb)) {
-            const int64_t m = dst[0] * dst[2] * dst[3];
-            const dnnl::matmul::desc md(dnnl::memory::desc({Out, m}, t, dims{1, Out}),
-                                        dnnl::memory::desc({m, In}, t, dims{In, 1}),
-                                        dnnl::memory::desc({Out, In}, dt::f32, tag::ab));
+        // oneDNN 2.6's bf16 backward-weights kernel is slow where the image is small: on AMX at
+        // batch 32, layer4's 1x1 convs run at 250-300 GFLOP/s and its 3x3 ones at 330-630,
+        // while its matmul reaches ~1,900 on the same products. With NHWC activations (what bf16
+        // convs pick) the weight gradient is one matmul over the output pixels,
+        //   dW[Out][K*K*In] = dy^T [Out][pixels] x col [pixels][K*K*In],
+        // dy^T being NHWC dy read with swapped strides and col the input's rows (a 1x1 stride-1
+        // conv's input as it is; else im2col). Measured per shape (conv kernel -> matmul, ms):
+        // 1x1 512->2048 @7 11.2 -> 1.7, 1024->2048 @14 stride 2 26.7 -> 3.5 (+ gather), 3x3
+        // 512 @7 11.8 -> ~5, 512 @14 stride 2 21.2 -> ~5; but 3x3 128 @28 7.3 -> ~12: the conv
+        // kernel is good on larger images, so 3x3 convs take the matmul only when strided or
+        // at most 7x7 out, and their column buffer is at most 32 MiB.
+        const int64_t pixels = dst[0] * dst[2] * dst[3], kk = int64_t(K) * K * In;
+        const bool small = K == 1 ? P == 0 : (S > 1 || dst[2] * dst[3] <= 49) && pixels * kk * 2 <= (int64_t(32) << 20);
+        if (t == dt::bf16 && !Bias && small && p.pd.src_desc() == dnnl::memory::desc(src, t, tag::acdb)) {
+            const dnnl::matmul::desc md(dnnl::memory::desc({Out, pixels}, t, dims{1, Out}),
+                                        dnnl::memory::desc({pixels, kk}, t, dims{kk, 1}),
+                                        dnnl::memory::desc({Out, kk}, dt::f32, tag::ab));
             dnnl::matmul::primitive_desc mpd(md, Backend::attr(), eng, /*allow_empty=*/true);
             if (mpd && std::string(mpd.impl_info_str()).rfind("ref", 0) != 0) {  // not the reference loop
                 b.mpd = mpd;
                 b.mprim = dnnl::matmul(mpd);
                 b.mm_dy = dnnl::memory::desc(dst, t, tag::acdb);
-                if (S != 1) b.src = dnnl::memory(dnnl::memory::desc({dst[0], In, dst[2], dst[3]}, t, tag::acdb), eng);
+                b.mm_dw = dnnl::memory::desc(wei, dt::f32, tag::acdb);
             }
         }
         // the forward's algorithm, as long as oneDNN has it for the backward pass too
