@@ -290,13 +290,15 @@ private:
         //   dW[Out][K*K*In] = dy^T [Out][pixels] x col [pixels][K*K*In],
         // dy^T being NHWC dy read with swapped strides and col the input's rows (a 1x1 stride-1
         // conv's input as it is; else im2col). Measured per shape (conv kernel -> matmul, ms):
-        // 1x1 512->2048 @7 11.2 -> 1.7, 1024->2048 @14 stride 2 26.7 -> 3.5 (+ gather), 3x3
-        // 512 @7 11.8 -> ~5, 512 @14 stride 2 21.2 -> ~5; but 3x3 128 @28 7.3 -> ~12: the conv
-        // kernel is good on larger images, so 3x3 convs take the matmul only when strided or
-        // at most 7x7 out, and their column buffer is at most 32 MiB.
+        // 1x1 512->2048 @7 11.2 -> 1.6, 64->256 @56 3.4 -> 1.9, 1024->2048 @14 stride 2 26.7 ->
+        // 3.5 (+ im2col), 3x3 512 @7 11.3 -> 5.5 and 512 @14 stride 2 21.2 -> ~5.5 (im2col
+        // included); but 3x3 128 @28 7.3 -> ~12: the conv kernel is good on larger images, so
+        // 3x3 convs take the matmul only when strided or at most 7x7 out. A column buffer
+        // (im2col) is at most 32 MiB.
         const int64_t pixels = dst[0] * dst[2] * dst[3], kk = int64_t(K) * K * In;
-        const bool small = K == 1 ? P == 0 : (S > 1 || dst[2] * dst[3] <= 49) && pixels * kk * 2 <= (int64_t(32) << 20);
-        if (t == dt::bf16 && !Bias && small && p.pd.src_desc() == dnnl::memory::desc(src, t, tag::acdb)) {
+        const bool wanted = K == 1 ? P == 0 : S > 1 || dst[2] * dst[3] <= 49;
+        const bool fits = (K == 1 && S == 1) || pixels * kk * 2 <= (int64_t(32) << 20);
+        if (t == dt::bf16 && !Bias && wanted && fits && p.pd.src_desc() == dnnl::memory::desc(src, t, tag::acdb)) {
             const dnnl::matmul::desc md(dnnl::memory::desc({Out, pixels}, t, dims{1, Out}),
                                         dnnl::memory::desc({pixels, kk}, t, dims{kk, 1}),
                                         dnnl::memory::desc({Out, kk}, dt::f32, tag::ab));
