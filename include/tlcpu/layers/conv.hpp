@@ -284,7 +284,7 @@ private:
         const dt t = p.precision;  // what the products run in; gradients leave in f32
         Backward b;
         // oneDNN 2.6's bf16 backward-weights kernel is slow where the image is small: on AMX at
-        // batch 32, layer4's 1x1 convs run at 250-300 GFLOP/s and its 3x3 ones at 330-630,
+        // batch 32, layer4's 1x1 convs run at 250-300 GFLOP/s and its 3x3 ones at 330-650,
         // while its matmul reaches ~1,900 on the same products. With NHWC activations (what bf16
         // convs pick) the weight gradient is one matmul over the output pixels,
         //   dW[Out][K*K*In] = dy^T [Out][pixels] x col [pixels][K*K*In],
@@ -293,10 +293,11 @@ private:
         // 1x1 512->2048 @7 11.2 -> 1.6, 64->256 @56 3.4 -> 1.9, 1024->2048 @14 stride 2 26.7 ->
         // 3.5 (+ im2col), 3x3 512 @7 11.3 -> 5.5 and 512 @14 stride 2 21.2 -> ~5.5 (im2col
         // included); but 3x3 128 @28 7.3 -> ~12: the conv kernel is good on larger images, so
-        // 3x3 convs take the matmul only when strided or at most 7x7 out. A column buffer
+        // 3x3 convs take the matmul only when strided or at most 7x7 out (other kernel sizes,
+        // such as the 7x7 stem with its 3 channels, were slower as matmuls). A column buffer
         // (im2col) is at most 32 MiB.
         const int64_t pixels = dst[0] * dst[2] * dst[3], kk = int64_t(K) * K * In;
-        const bool wanted = K == 1 ? P == 0 : S > 1 || dst[2] * dst[3] <= 49;
+        const bool wanted = K == 1 ? P == 0 : K == 3 && (S > 1 || dst[2] * dst[3] <= 49);
         const bool fits = (K == 1 && S == 1) || pixels * kk * 2 <= (int64_t(32) << 20);
         if (t == dt::bf16 && !Bias && wanted && fits && p.pd.src_desc() == dnnl::memory::desc(src, t, tag::acdb)) {
             const dnnl::matmul::desc md(dnnl::memory::desc({Out, pixels}, t, dims{1, Out}),
