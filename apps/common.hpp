@@ -23,7 +23,15 @@ inline std::vector<std::string> split_list(const std::string& s, char sep = ',')
 // --frozen-precision's words as oneDNN types (int8: s8 weights, u8 activations).
 inline dt precision_of(const std::string& s) {
     if (s == "f32") return dt::f32;
-    if (s == "bf16") return dt::bf16;
+    if (s == "bf16") {
+        // oneDNN 2.6 has bf16 convolutions from AVX512_CORE up (emulated there, native with
+        // AVX512_BF16 or AMX); below that it would fail later with a bare "could not create a
+        // primitive descriptor iterator".
+        const unsigned isa = unsigned(dnnl::get_effective_cpu_isa()), need = unsigned(dnnl::cpu_isa::avx512_core);
+        check((isa & need) == need, "bf16 needs a CPU with AVX-512 (oneDNN 2.6 has no bf16 convolution without it), "
+                                    "which oneDNN does not find on this one: use f32 (or int8 for frozen layers)");
+        return dt::bf16;
+    }
     if (s == "int8") return dt::s8;
     fail("unknown frozen precision '" + s + "' (f32, bf16 or int8)");
 }

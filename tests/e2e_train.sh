@@ -107,6 +107,12 @@ grep -qx "augment=false" "$out/cached/config.toml" && grep -qx "flip=true" "$out
 cmp <(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1])))' "$out/cached/metrics.json") \
     <(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1])))' "$out/cached_eval.json")
 
+# bf16 on a CPU without AVX-512 (as oneDNN is told to see this one) is refused up front.
+rc4=0
+ONEDNN_MAX_CPU_ISA=AVX2 "$build/apps/train_cpu" "${common[@]}" --out "$out/bf16_avx2" --precision bf16 > /dev/null 2> "$out/bf16_avx2.err" || rc4=$?
+[ $rc4 = 1 ] && grep -qF "bf16 needs a CPU with AVX-512 (oneDNN 2.6 has no bf16 convolution without it)" "$out/bf16_avx2.err" \
+    || { echo "bf16 under AVX2: exit $rc4"; cat "$out/bf16_avx2.err"; exit 1; }
+
 # A resume with the other conv algorithm could not give an uninterrupted run's bits: refused,
 # leaving the run as it was (config.toml too).
 rc3=0
