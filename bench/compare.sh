@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=3 threads=$(nproc) conv=winograd
-cases="infer_b1 infer_b32 infer_b32_bf16 infer_b32_int8 phase1_b32 phase1_b32_bf16 phase1_b32_int8 phase2_b32 phase2_b32_bf16 phase2_b32_int8 full_b32"
+cases="infer_b1 infer_b32 infer_b32_bf16 infer_b32_int8 phase1_b32 phase1_b32_bf16 phase1_b32_int8 phase2_b32 phase2_b32_bf16 phase2_b32_int8 full_b32 full_b32_bf16"
 while [ $# -gt 0 ]; do
   case $1 in
     --rounds) rounds=$2; shift 2;;

@@ -160,10 +160,19 @@ public:
         Backward& b = *p.bwd;
         auto& be = Backend::get();
         ++backward_runs;
-        const dnnl::memory* g_w = nullptr;  // dy as backward-weights read it (bf16: converted once for both)
+        // dy in the layout (bf16: and the type) a pass reads: converted into a shared gradient
+        // buffer that lives until this call returns, not into one per conv kept for the run
+        // (in bf16 full fine-tuning that was every conv output's size again, ~0.8 GB at batch 32)
+        auto& pool = be.grads();
+        auto converted = [&](const dnnl::memory::desc& want) {
+            if (dy.get_desc() == want) return dy;
+            dnnl::memory m = pool.take(want, &dy);
+            reorder(dy, m);
+            return m;
+        };
+        dnnl::memory g_w;  // dy as backward-weights read it (bf16: converted once for both passes)
         if (weight.trainable && b.mprim) {
-            const dnnl::memory& g = as_desc(dy, b.mm_dy, b.dy_w);
-            g_w = &g;
+            g_w = converted(b.mm_dy);
             const auto& eng = be.engine();
             void* cols = p.src.get_data_handle();  // a 1x1 stride-1 conv reads its input's rows as they are
             if (K != 1 || S != 1) {
@@ -172,17 +181,16 @@ public:
             }
             // a 1x1 conv's [Out][In] gradient is the plain one; a KxK conv's comes out [Out][K][K][In]
             const dnnl::memory dw = K == 1 ? view(grad_of(weight)) : be.weight_grad_buffer(b.mm_dw);
-            be.run(b.mprim, {{DNNL_ARG_SRC, dnnl::memory(b.mpd.src_desc(), eng, g.get_data_handle())},
+            be.run(b.mprim, {{DNNL_ARG_SRC, dnnl::memory(b.mpd.src_desc(), eng, g_w.get_data_handle())},
                              {DNNL_ARG_WEIGHTS, dnnl::memory(b.mpd.weights_desc(), eng, cols)},
                              {DNNL_ARG_DST, dnnl::memory(b.mpd.dst_desc(), eng, dw.get_data_handle())}});
             if constexpr (K != 1) reorder(dw, view(grad_of(weight)));
         } else if (weight.trainable) {
             const dnnl::memory dw = be.weight_grad_buffer(b.wpd.diff_weights_desc());
-            const dnnl::memory& g = as_desc(dy, b.wpd.diff_dst_desc(), b.dy_w);
-            g_w = &g;
+            g_w = converted(b.wpd.diff_dst_desc());
             const dnnl::memory& src = as_desc(p.src, b.wpd.src_desc(), b.src);
             std::unordered_map<int, dnnl::memory> args{
-                {DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, g}, {DNNL_ARG_DIFF_WEIGHTS, dw}};
+                {DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, g_w}, {DNNL_ARG_DIFF_WEIGHTS, dw}};
             if constexpr (Bias) args[DNNL_ARG_DIFF_BIAS] = view(grad_of(bias));
             be.run(b.wprim, args);
             reorder(dw, view(grad_of(weight)));
@@ -192,8 +200,10 @@ public:
             reorder(view(weight.value), b.weights);
             b.weight_version = weight.version;
         }
-        const dnnl::memory& g = g_w && g_w->get_desc() == b.dpd.diff_dst_desc() ? *g_w : as_desc(dy, b.dpd.diff_dst_desc(), b.dy_d);
-        b.diff_src = be.grads().take(b.dpd.diff_src_desc(), &dy);
+        Backend::BufferPool::Hold keep_w(pool, g_w ? &g_w : nullptr);  // the takes below must not land on it
+        const dnnl::memory g = g_w && g_w.get_desc() == b.dpd.diff_dst_desc() ? g_w : converted(b.dpd.diff_dst_desc());
+        Backend::BufferPool::Hold keep_g(pool, &g);
+        b.diff_src = pool.take(b.dpd.diff_src_desc(), &dy);
         be.run(b.dprim, {{DNNL_ARG_DIFF_DST, g}, {DNNL_ARG_WEIGHTS, b.shares_weights ? p.weights : b.weights},
                          {DNNL_ARG_DIFF_SRC, b.diff_src}});
         return &b.diff_src;
@@ -205,7 +215,7 @@ private:
         dnnl::convolution_backward_weights wprim;
         dnnl::convolution_backward_data::primitive_desc dpd;
         dnnl::convolution_backward_data dprim;
-        dnnl::memory weights, diff_src, dy_w, dy_d, src;  // weights: backward-data's layout; diff_src: a GradPool buffer
+        dnnl::memory weights, diff_src, src;  // weights: backward-data's layout; diff_src: a GradPool buffer
         // bf16 convs with a matmul backward-weights (make_backward): its primitive (empty: the
         // conv primitive above computes it), dy as it reads it, a KxK conv's [Out][K][K][In] result
         dnnl::matmul::primitive_desc mpd;
