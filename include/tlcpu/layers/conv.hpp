@@ -162,7 +162,7 @@ public:
         ++backward_runs;
         // dy in the layout (bf16: and the type) a pass reads: converted into a shared gradient
         // buffer that lives until this call returns, not into one per conv kept for the run
-        // (in bf16 full fine-tuning that was every conv output's size again, ~0.8 GB at batch 32)
+        // (in bf16 full fine-tuning at batch 32 that cost 0.58 GB of peak RSS: 5,007 -> 4,427 MB)
         auto& pool = be.grads();
         auto converted = [&](const dnnl::memory::desc& want) {
             if (dy.get_desc() == want) return dy;
