@@ -217,7 +217,8 @@ private:
         dnnl::convolution_backward_data dprim;
         dnnl::memory weights, diff_src, src;  // weights: backward-data's layout; diff_src: a GradPool buffer
         // bf16 convs with a matmul backward-weights (make_backward): its primitive (empty: the
-        // conv primitive above computes it), dy as it reads it, a KxK conv's [Out][K][K][In] result
+        // conv primitive above computes it; else that one is never made), dy as it reads it, a
+        // KxK conv's [Out][K][K][In] result
         dnnl::matmul::primitive_desc mpd;
         dnnl::matmul mprim;
         dnnl::memory::desc mm_dy, mm_dw;
@@ -321,15 +322,16 @@ private:
                 b.mm_dw = dnnl::memory::desc(wei, dt::f32, tag::acdb);
             }
         }
-        // the forward's algorithm, as long as oneDNN has it for the backward pass too
-        b.wpd = pick<dnnl::convolution_backward_weights::primitive_desc>(wants_winograd(t, p.winograd != 0), [&](dnnl::algorithm algo) {
-            return Bias ? dnnl::convolution_backward_weights::desc(algo, any(src, t), any(wei),
-                                                                   dnnl::memory::desc({Out}, dt::f32, tag::a),
-                                                                   any(dst, t), {S, S}, {P, P}, {P, P})
-                        : dnnl::convolution_backward_weights::desc(algo, any(src, t), any(wei), any(dst, t), {S, S},
-                                                                   {P, P}, {P, P});
-        }, Backend::attr(), p.pd);
-        if (!b.mprim) b.wprim = dnnl::convolution_backward_weights(b.wpd);
+        if (!b.mprim) {  // the forward's algorithm, as long as oneDNN has it for the backward pass too
+            b.wpd = pick<dnnl::convolution_backward_weights::primitive_desc>(wants_winograd(t, p.winograd != 0), [&](dnnl::algorithm algo) {
+                return Bias ? dnnl::convolution_backward_weights::desc(algo, any(src, t), any(wei),
+                                                                       dnnl::memory::desc({Out}, dt::f32, tag::a),
+                                                                       any(dst, t), {S, S}, {P, P}, {P, P})
+                            : dnnl::convolution_backward_weights::desc(algo, any(src, t), any(wei), any(dst, t), {S, S},
+                                                                       {P, P}, {P, P});
+            }, Backend::attr(), p.pd);
+            b.wprim = dnnl::convolution_backward_weights(b.wpd);
+        }
         b.dpd = pick<dnnl::convolution_backward_data::primitive_desc>(wants_winograd(t, p.winograd != 0), [&](dnnl::algorithm algo) {
             return dnnl::convolution_backward_data::desc(algo, any(src), any(wei, t), any(dst, t), {S, S}, {P, P}, {P, P});
         }, Backend::attr(), p.pd);
