@@ -24,12 +24,7 @@ inline std::vector<std::string> split_list(const std::string& s, char sep = ',')
 inline dt precision_of(const std::string& s) {
     if (s == "f32") return dt::f32;
     if (s == "bf16") {
-        // oneDNN 2.6 has bf16 convolutions from AVX512_CORE up (emulated there, native with
-        // AVX512_BF16 or AMX); below that it would fail later with a bare "could not create a
-        // primitive descriptor iterator".
-        const unsigned isa = unsigned(dnnl::get_effective_cpu_isa()), need = unsigned(dnnl::cpu_isa::avx512_core);
-        check((isa & need) == need, "bf16 needs a CPU with AVX-512 (oneDNN 2.6 has no bf16 convolution without it), "
-                                    "which oneDNN does not find on this one: use f32 (or int8 for frozen layers)");
+        Backend::get().require_bf16();  // before any image is read
         return dt::bf16;
     }
     if (s == "int8") return dt::s8;

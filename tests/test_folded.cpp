@@ -71,6 +71,10 @@ TEST_CASE("bf16 frozen blocks stay close to f32 and leave trainable layers in f3
     const Tensor x = images(4, 8);
     const Tensor f32 = net->forward(x, Mode::inference);
     Backend::get().frozen_precision = dt::bf16;
+    if (!Backend::get().has_bf16()) {  // a CPU without AVX-512: refused by name
+        CHECK_THROWS_WITH_AS(net->forward(x, Mode::inference), doctest::Contains("bf16 needs a CPU with AVX-512"), Error);
+        return;
+    }
     const Tensor bf = net->forward(x, Mode::inference);
     CAPTURE(max_rel_diff(f32, bf));
     CHECK(max_rel_diff(f32, bf) < 5e-2);
@@ -166,6 +170,13 @@ TEST_CASE("bf16 trainable convolutions: close to f32, f32 weight gradients, repe
         CAPTURE(rel(want, bf[2]));
         CHECK(rel(want, bf[2]) < 1e-6);
     };
+    if (!Backend::get().has_bf16()) {  // a CPU without AVX-512: refused by name
+        Conv2d<32, 48, 3, 1, 1> c;
+        Backend::get().train_precision = dt::bf16;
+        CHECK_THROWS_WITH_AS(c.forward(view(Tensor({1, 32, 5, 5})), Mode::training),
+                             doctest::Contains("bf16 needs a CPU with AVX-512"), Error);
+        return;
+    }
     // oneDNN's kernel where the image is large, a matmul where it is small (at most 7x7
     // out), strided or 1x1; a 7x7 kernel (the stem's) always oneDNN's
     Conv2d<32, 48, 3, 1, 1> c3;

@@ -83,8 +83,8 @@ TEST_CASE("int8 frozen blocks: calibrated, close to f32, repeatable, trainable l
     const Tensor q2 = to_tensor(net->backbone.forward(view(x), Mode::inference));
     CHECK(std::memcmp(q.data(), q2.data(), q.bytes()) == 0);
 
-    // Phase-2 shape: layer4 trains in f32 on the int8 prefix's dequantized output, so its
-    // gradients are close to the all-f32 ones.
+    // Phase-2 shape: layer4 trains in f32 on the int8 prefix's dequantized output; its
+    // gradient moves about as much as a bf16 prefix moves it.
     unfreeze(*net, {"layer4."});
     std::vector<int> y{0, 1, 2, 3};
     net->backward(softmax_cross_entropy(net->forward(x, Mode::training), y).grad);
@@ -92,17 +92,51 @@ TEST_CASE("int8 frozen blocks: calibrated, close to f32, repeatable, trainable l
     Backend::get().frozen_precision = dt::f32;
     net->backward(softmax_cross_entropy(net->forward(x, Mode::training), y).grad);
     const Tensor g32 = net->backbone.get<4>().first.conv1.weight.grad;
+    const auto [gerr, gcos] = closeness(g32, g8);
+    CAPTURE(gerr);
+    CHECK(gerr > 0);
+    CHECK(std::isfinite(gerr));
+    // The yardstick is bf16's error on the same net; a CPU without AVX-512 has no bf16 (on
+    // AVX2, Zen 3, gerr measured 1.07 with 7-bit weights: this tiny random net's gradient is
+    // chaotic, so only the forward checks above and the real weights' test below bound int8)
+    if (!Backend::get().has_bf16()) return;
     Backend::get().frozen_precision = dt::bf16;
     net->backward(softmax_cross_entropy(net->forward(x, Mode::training), y).grad);
     const Tensor gbf = net->backbone.get<4>().first.conv1.weight.grad;
     // This random net's gradient is sensitive (bf16 moves it by tens of percent too): int8
     // must do about as well as bf16.
     const double bf_err = closeness(g32, gbf).first;
-    const auto [gerr, gcos] = closeness(g32, g8);
-    CAPTURE(gerr);
     CAPTURE(bf_err);
     CHECK(gerr < 1.5 * bf_err);
-    CHECK(gerr > 0);
+}
+
+// Without VNNI oneDNN sums each pair of u8 x s8 products in a saturating s16, so full-range
+// inputs against full-range weights of one sign (255 x 127 x 2 = 64,770) would come out
+// clipped, about half the true sum; 7-bit weights there keep every pair within range.
+TEST_CASE("int8 convolutions do not saturate on full-range inputs and weights, VNNI or not") {
+    Conv2d<32, 16, 1> conv;
+    BatchNorm2d<16> bn;  // gamma 1, beta 0, mean 0, var 1: folds to the conv itself
+    for (int o = 0; o < 16; ++o)  // each row at the top of its range, + and - (exact in 7 bits or 8)
+        for (int i = 0; i < 32; ++i) conv.weight.value[o * 32 + i] = o % 2 ? -1.f : 1.f;
+    conv.weight.touch();
+    Tensor x({2, 32, 3, 5});
+    for (int64_t i = 0; i < x.size(); ++i) x[i] = 2.f;  // every input at the top of its range
+    auto& be = Backend::get();
+    dnnl::memory xq(dnnl::memory::desc({2, 32, 3, 5}, dt::u8, tag::nhwc), be.engine());
+    quantize(view(x), xq, 2.f / 255.f);
+    const double want = 64 / std::sqrt(1.0 + bn.config.eps);  // 32 inputs of 2, weights +-1
+    // no ReLU: an s8 output, scaled so that +-want is about 100
+    const Tensor y = to_tensor(conv.forward_int8(xq, bn, false, nullptr, false, float(want * 1.27 / 127)));
+    CAPTURE(be.has_vnni());
+    CAPTURE(y[0]);
+    CAPTURE(y[15]);
+    CAPTURE(want);
+    int wrong = 0;
+    for (int64_t n = 0; n < 2; ++n)
+        for (int o = 0; o < 16; ++o)
+            for (int64_t p = 0; p < 15; ++p)
+                wrong += std::fabs(y[(n * 16 + o) * 15 + p] - (o % 2 ? -want : want)) > 0.01 * want;
+    CHECK(wrong == 0);
 }
 
 TEST_CASE("int8 ranges travel as text, and a wrong list is refused") {
@@ -141,8 +175,12 @@ TEST_SUITE("fixture") {
         const auto [err, cos] = closeness(fx.get("layer3"), q);
         CAPTURE(err);
         CAPTURE(cos);
-        CHECK(err < 0.15);
-        CHECK(cos > 0.98);
+        // Without VNNI the weights have 7 bits (Backend::has_vnni): on AVX2 (Zen 3) the error
+        // measured 0.164, cos 0.9816 (with saturating 8-bit weights it was 0.176, 0.976)
+        const bool vnni = Backend::get().has_vnni();
+        CAPTURE(vnni);
+        CHECK(err < (vnni ? 0.15 : 0.18));
+        CHECK(cos > (vnni ? 0.98 : 0.978));
         const auto [perr, pcos] = closeness(fx.get("pool.layer3"), test::spatial_mean(q));
         CAPTURE(perr);
         CAPTURE(pcos);

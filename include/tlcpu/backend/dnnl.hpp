@@ -93,8 +93,9 @@ public:
     // Precision of the folded convolutions of frozen blocks (inference mode): f32, or bf16
     // with f32 accumulation and f32 master weights (AVX512_BF16 / AMX units), or s8: int8
     // blocks (u8 activations, s8 weights, s32 accumulation; VNNI / AMX) with scales from a
-    // calibration pass (models/int8.hpp), the stem in bf16. Trainable layers are unaffected;
-    // activations leave the frozen part converted back to f32 by the reorder at its edge.
+    // calibration pass (models/int8.hpp), the stem in bf16 (f32 where has_bf16() is false).
+    // Trainable layers are unaffected; activations leave the frozen part converted back to
+    // f32 by the reorder at its edge.
     dt frozen_precision = dt::f32;
     // Precision of trainable convolutions (forward, backward data and weights): f32, or
     // bf16 products with f32 accumulation, f32 master weights and f32 weight gradients.
@@ -120,6 +121,33 @@ public:
             return bool(dnnl::convolution_forward::primitive_desc(d, engine_, /*allow_empty=*/true));
         }();
         return has;
+    }
+    // Whether oneDNN has bf16 convolutions on this CPU: from AVX512_CORE up (emulated there,
+    // native with AVX512_BF16 or AMX); oneDNN 2.6 has none on AVX2 machines.
+    bool has_bf16() const {
+        static const bool has = [this] {
+            const dnnl::memory::desc a({1, 16, 8, 8}, dt::bf16, dnnl::memory::format_tag::any),
+                w({16, 16, 3, 3}, dt::bf16, dnnl::memory::format_tag::any);
+            const dnnl::convolution_forward::desc d(dnnl::prop_kind::forward_training,
+                                                    dnnl::algorithm::convolution_direct, a, w, a, {1, 1}, {1, 1},
+                                                    {1, 1});
+            return bool(dnnl::convolution_forward::primitive_desc(d, engine_, /*allow_empty=*/true));
+        }();
+        return has;
+    }
+    // A bf16 request where there is none fails here, by name, not at the first conv with
+    // oneDNN's bare "could not create a primitive descriptor iterator".
+    void require_bf16() const {
+        check(has_bf16(), "bf16 needs a CPU with AVX-512 (oneDNN 2.6 has no bf16 convolution without it), which "
+                          "oneDNN does not find on this one: use f32 (or int8 for frozen layers)");
+    }
+    // Whether int8 products are exact here: VNNI (AVX512_VNNI, AVX_VNNI, AMX) sums u8 x s8
+    // pairs in s32. Without it oneDNN sums each pair in s16 with saturation (VPMADDUBSW), so
+    // 255 x 127 + 255 x 127 would clip: int8 convolutions then keep weights within 7 bits.
+    bool has_vnni() const {
+        const unsigned isa = unsigned(dnnl::get_effective_cpu_isa());
+        auto has = [&](dnnl::cpu_isa i) { return (isa & unsigned(i)) == unsigned(i); };
+        return has(dnnl::cpu_isa::avx512_core_vnni) || has(dnnl::cpu_isa::avx2_vnni);
     }
     // Set during an int8 calibration pass: frozen blocks run in f32 and record the largest
     // value of each activation they produce.

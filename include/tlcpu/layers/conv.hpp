@@ -117,7 +117,8 @@ public:
 
     // The int8 twin of forward_folded, for a frozen layer. x is u8 (a ReLU's output) with
     // its scale recorded in the backend (x = sx * q); the folded weights are s8 with one
-    // scale per output channel (max |w| / 127), so the s32 accumulator times sx * sw[o] is
+    // scale per output channel (max |w| / 127; / 63 without VNNI, see Backend::has_vnni),
+    // so the s32 accumulator times sx * sw[o] is
     // the real conv output; oneDNN rescales it straight to the output's scale s_out (and
     // adds the bias, which it applies before that rescale, hence b / (sx * sw[o])). Output:
     // u8 after a ReLU, s8 without (a projection, which can be negative). A residual (u8 or
@@ -348,6 +349,7 @@ private:
                   to_string(d) + " (expected [N," + std::to_string(In) + ",H,W])");
         int64_t oh = conv_out(d[2], K, S, P), ow = conv_out(d[3], K, S, P);
         check(oh > 0 && ow > 0, "Conv2d input " + to_string(d) + " is smaller than its kernel");
+        if (t == dt::bf16) Backend::get().require_bf16();
         auto prop = mode == Mode::inference ? dnnl::prop_kind::forward_inference
                                             : dnnl::prop_kind::forward_training;
         dims src{d[0], In, d[2], d[3]}, wei{Out, In, K, K}, dst{d[0], Out, oh, ow};
@@ -380,6 +382,7 @@ private:
     static Folded make_folded(const dnnl::memory::desc& xd, bool relu, const dnnl::memory* residual, dt prec) {
         const dims d = xd.dims();
         check(d.size() == 4 && d[1] == In, "Conv2d<" + std::to_string(In) + "," + std::to_string(Out) + ",...> got input " + to_string(d));
+        if (prec == dt::bf16) Backend::get().require_bf16();
         dims src{d[0], In, d[2], d[3]}, wei{Out, In, K, K}, dst{d[0], Out, conv_out(d[2], K, S, P), conv_out(d[3], K, S, P)};
         auto& eng = Backend::get().engine();
         auto any_p = [&](const dims& d) { return dnnl::memory::desc(d, prec, tag::any); };
@@ -447,10 +450,11 @@ private:
         std::vector<int8_t> wq(size_t(Out * per));
         std::vector<float> oscale(Out);
         Tensor bq({Out});
+        const float levels = Backend::get().has_vnni() ? 127.f : 63.f;  // 255 x 63 x 2 fits an s16
         for (int o = 0; o < Out; ++o) {
             float m = 0.f;
             for (int64_t i = 0; i < per; ++i) m = std::max(m, std::fabs(w[o * per + i]));
-            const float sw = m > 0.f ? m / 127.f : 1.f;
+            const float sw = m > 0.f ? m / levels : 1.f;
             for (int64_t i = 0; i < per; ++i) wq[size_t(o * per + i)] = int8_t(std::lrint(w[o * per + i] / sw));
             oscale[size_t(o)] = sx * sw / s_out;
             bq[o] = b[o] / (sx * sw);

@@ -254,10 +254,11 @@ public:
         if (m != Mode::inference) return Stem::Sequential::forward(x, m);
         auto& be = Backend::get();
         // int8 starts after the stem: its 3-channel input makes a poor int8 conv, and it is 3%
-        // of the network's work. bf16 is the next best.
-        const dt prec = trainable(*this) || be.calibrating ? dt::f32
-                        : be.frozen_precision == dt::s8    ? dt::bf16
-                                                           : be.frozen_precision;
+        // of the network's work. bf16 is the next best, where oneDNN has it (not on AVX2).
+        const dt prec = trainable(*this) || be.calibrating           ? dt::f32
+                        : be.frozen_precision != dt::s8              ? be.frozen_precision
+                        : be.has_bf16()                              ? dt::bf16
+                                                                     : dt::f32;
         const auto& h = this->template get<0>().forward_folded(x, this->template get<1>(), true, nullptr, false, prec);
         return *(this->out_ = &this->template get<3>().forward(h, m));
     }
