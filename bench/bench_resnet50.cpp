@@ -110,8 +110,10 @@ int main(int argc, char** argv) {
     CLI11_PARSE(app, argc, argv);
     Backend::get().winograd = conv == "winograd";
 
-    nlohmann::json out{{"framework", "tlcpu"}, {"case", which}, {"threads", omp_get_max_threads()}, {"conv", conv}};
+    nlohmann::json out{{"framework", "tlcpu"}, {"case", which}, {"threads", omp_get_max_threads()}, {"conv", conv},
+                       {"winograd_kernel", Backend::get().has_winograd()}};
     try {
+        if (which.ends_with("_bf16")) Backend::get().require_bf16();
         if (which == "matmul_f32" || which == "matmul_bf16" || which == "matmul_int8") {
             const double g = matmul_gflops(which == "matmul_f32"    ? dnnl::memory::data_type::f32
                                            : which == "matmul_bf16" ? dnnl::memory::data_type::bf16
@@ -123,7 +125,7 @@ int main(int argc, char** argv) {
         }
         const ConvFlops cf = conv_flops();
         // *_bf16: every convolution in bf16 (frozen: folded; trainable: f32 master weights)
-        // *_int8: the frozen blocks in int8 (stem bf16), calibrated on the benchmark's images
+        // *_int8: the frozen blocks in int8 (stem bf16; f32 without AVX-512), calibrated on the benchmark's images
         dt frozen = dt::f32;
         if (which.ends_with("_bf16")) frozen = dt::bf16, which.resize(which.size() - 5);
         if (which.ends_with("_int8")) frozen = dt::s8, which.resize(which.size() - 5);
