@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
     CLI11_PARSE(app, argc, argv);
     try {
         const auto f = io::SafeTensors::open(model);
+        app::precision_of(f.meta("frozen_precision", "f32"));  // a precision this CPU lacks fails before the decode
         const auto classes = app::split_list(f.meta("classes"));
         check(classes.size() >= 2, model + ": no class names in the metadata (not a train_cpu model?)");
         auto folder = data::ImageFolder::scan(dir);

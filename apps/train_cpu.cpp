@@ -343,7 +343,7 @@ int main(int argc, char** argv) {
     app.add_flag("--flip,!--no-flip", c.flip, "Random horizontal flips")->default_str(c.flip ? "true" : "false");
     app.add_option("--exclude", c.exclude, "Duplicates list (groups TSV) whose redundant copies are left out");
     app.add_option("--max-per-class", c.max_per_class, "Use at most this many images per class (0: all)")->capture_default_str();
-    app.add_option("--frozen-precision", c.frozen_precision, "Precision of the frozen layers' folded convolutions: f32, bf16 (AMX/AVX512_BF16), or int8 (VNNI/AMX, calibrated on training images; stem in bf16, f32 without AVX-512); trainable layers follow --precision")
+    app.add_option("--frozen-precision", c.frozen_precision, "Precision of the frozen layers' folded convolutions: f32, bf16 (AMX/AVX512_BF16), or int8 (calibrated on training images; 8-bit weights with VNNI/AMX, 7-bit without; stem in bf16, f32 without AVX-512); trainable layers follow --precision")
         ->check(CLI::IsMember({"f32", "bf16", "int8"}))->capture_default_str();
     app.add_option("--precision", c.precision, "Precision of the trainable convolutions: f32, or bf16 (f32 master weights and weight gradients, f32 accumulation)")
         ->check(CLI::IsMember({"f32", "bf16"}))->capture_default_str();
@@ -367,13 +367,13 @@ int main(int argc, char** argv) {
             check(was == c.conv, ckpt.string() + ": the run trained with --conv " + was +
                                      "; resume it with the same (this call has --conv " + c.conv + ")");
         }
+        Backend::get().frozen_precision = app::precision_of(c.frozen_precision);  // (refused before the rewrite too)
+        Backend::get().train_precision = app::precision_of(c.precision);
         if (rank0) {
             std::ofstream cfg(fs::path(c.out) / "config.toml");
             cfg << app.config_to_str(true, false);
             check(bool(cfg), c.out + "/config.toml: cannot write");
         }
-        Backend::get().frozen_precision = app::precision_of(c.frozen_precision);
-        Backend::get().train_precision = app::precision_of(c.precision);
         Backend::get().winograd = c.conv == "winograd";
         const auto weights = io::SafeTensors::open(c.weights);
         const Layout layout = c.layout == "auto" ? layout_of(weights) : c.layout == "v1" ? Layout::v1 : Layout::v1_5;

@@ -92,7 +92,8 @@ public:
 
     // Precision of the folded convolutions of frozen blocks (inference mode): f32, or bf16
     // with f32 accumulation and f32 master weights (AVX512_BF16 / AMX units), or s8: int8
-    // blocks (u8 activations, s8 weights, s32 accumulation; VNNI / AMX) with scales from a
+    // blocks (u8 activations, s8 weights, s32 accumulation; VNNI / AMX, or AVX2 with 7-bit
+    // weights: has_vnni) with scales from a
     // calibration pass (models/int8.hpp), the stem in bf16 (f32 where has_bf16() is false).
     // Trainable layers are unaffected; activations leave the frozen part converted back to
     // f32 by the reorder at its edge.
