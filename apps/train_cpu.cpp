@@ -406,7 +406,7 @@ int main(int argc, char** argv) {
                     std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), set.skipped.size(),
                     set.excluded,
                     set.streamed ? "streamed from disk every epoch" : (std::to_string(std::llround(double(set.bytes()) / 1e6)) + " MB cached").c_str(), c5 ? "c5" : "c4", layout == Layout::v1 ? "v1" : "v1.5",
-                    pre.mode == Preprocess::caffe ? "caffe" : "torch", c.frozen_precision.c_str(), c.precision.c_str(), c.conv.c_str(), omp_get_max_threads(),
+                    pre.mode == Preprocess::caffe ? "caffe" : "torch", c.frozen_precision.c_str(), c.precision.c_str(), Backend::get().winograd_key() ? "winograd" : "direct", omp_get_max_threads(),
                     replicas ? (" x " + std::to_string(replicas->size()) + " MPI ranks").c_str() : "");
         const int k = int(set.classes.size());
         const auto split = c.split == "keras" ? data::split_keras(set.files, k, c.val_split)
