@@ -113,28 +113,21 @@ public:
     // Winograd kernel (oneDNN's needs AVX-512), so nothing is forced into its layout there.
     size_t winograd_key() const { return winograd && has_winograd() ? winograd_max_scratchpad + 1 : 0; }
     bool has_winograd() const {
-        static const bool has = [this] {
-            const dnnl::memory::desc a({1, 16, 8, 8}, dt::f32, dnnl::memory::format_tag::any),
-                w({16, 16, 3, 3}, dt::f32, dnnl::memory::format_tag::any);
-            const dnnl::convolution_forward::desc d(dnnl::prop_kind::forward_training,
-                                                    dnnl::algorithm::convolution_winograd, a, w, a, {1, 1}, {1, 1},
-                                                    {1, 1});
-            return bool(dnnl::convolution_forward::primitive_desc(d, engine_, /*allow_empty=*/true));
-        }();
+        static const bool has = has_conv(dt::f32, dnnl::algorithm::convolution_winograd);
         return has;
     }
     // Whether oneDNN has bf16 convolutions on this CPU: from AVX512_CORE up (emulated there,
     // native with AVX512_BF16 or AMX); oneDNN 2.6 has none on AVX2 machines.
     bool has_bf16() const {
-        static const bool has = [this] {
-            const dnnl::memory::desc a({1, 16, 8, 8}, dt::bf16, dnnl::memory::format_tag::any),
-                w({16, 16, 3, 3}, dt::bf16, dnnl::memory::format_tag::any);
-            const dnnl::convolution_forward::desc d(dnnl::prop_kind::forward_training,
-                                                    dnnl::algorithm::convolution_direct, a, w, a, {1, 1}, {1, 1},
-                                                    {1, 1});
-            return bool(dnnl::convolution_forward::primitive_desc(d, engine_, /*allow_empty=*/true));
-        }();
+        static const bool has = has_conv(dt::bf16, dnnl::algorithm::convolution_direct);
         return has;
+    }
+    // Whether oneDNN can make a small 3x3 conv of type t with algorithm a on this CPU.
+    bool has_conv(dt t, dnnl::algorithm a) const {
+        const dnnl::memory::desc x({1, 16, 8, 8}, t, dnnl::memory::format_tag::any),
+            w({16, 16, 3, 3}, t, dnnl::memory::format_tag::any);
+        const dnnl::convolution_forward::desc d(dnnl::prop_kind::forward_training, a, x, w, x, {1, 1}, {1, 1}, {1, 1});
+        return bool(dnnl::convolution_forward::primitive_desc(d, engine_, /*allow_empty=*/true));
     }
     // A bf16 request where there is none fails here, by name, not at the first conv with
     // oneDNN's bare "could not create a primitive descriptor iterator".
