@@ -93,10 +93,9 @@ public:
     // Precision of the folded convolutions of frozen blocks (inference mode): f32, or bf16
     // with f32 accumulation and f32 master weights (AVX512_BF16 / AMX units), or s8: int8
     // blocks (u8 activations, s8 weights, s32 accumulation; VNNI / AMX, or AVX2 with 7-bit
-    // weights: has_vnni) with scales from a
-    // calibration pass (models/int8.hpp), the stem in bf16 (f32 where has_bf16() is false).
-    // Trainable layers are unaffected; activations leave the frozen part converted back to
-    // f32 by the reorder at its edge.
+    // weights: has_vnni) with scales from a calibration pass (models/int8.hpp), the stem in
+    // bf16 (f32 where has_bf16() is false). Trainable layers are unaffected; activations
+    // leave the frozen part converted back to f32 by the reorder at its edge.
     dt frozen_precision = dt::f32;
     // Precision of trainable convolutions (forward, backward data and weights): f32, or
     // bf16 products with f32 accumulation, f32 master weights and f32 weight gradients.

@@ -118,11 +118,11 @@ public:
     // The int8 twin of forward_folded, for a frozen layer. x is u8 (a ReLU's output) with
     // its scale recorded in the backend (x = sx * q); the folded weights are s8 with one
     // scale per output channel (max |w| / 127; / 63 without VNNI, see Backend::has_vnni),
-    // so the s32 accumulator times sx * sw[o] is
-    // the real conv output; oneDNN rescales it straight to the output's scale s_out (and
-    // adds the bias, which it applies before that rescale, hence b / (sx * sw[o])). Output:
-    // u8 after a ReLU, s8 without (a projection, which can be negative). A residual (u8 or
-    // s8, with its own scale) enters through the sum post-op, rescaled to s_out.
+    // so the s32 accumulator times sx * sw[o] is the real conv output; oneDNN rescales it
+    // straight to the output's scale s_out (and adds the bias, which it applies before that
+    // rescale, hence b / (sx * sw[o])). Output: u8 after a ReLU, s8 without (a projection,
+    // which can be negative). A residual (u8 or s8, with its own scale) enters through the
+    // sum post-op, rescaled to s_out.
     template <class BN>
     const dnnl::memory& forward_int8(const dnnl::memory& x, const BN& bn, bool relu, const dnnl::memory* residual,
                                      bool residual_owned, float s_out) {
