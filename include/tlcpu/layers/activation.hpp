@@ -15,8 +15,7 @@ public:
     // when its input is a BatchNorm's or residual sum's private output, which their
     // backward does not read; the backward here needs only the output (y > 0 <=> x > 0).
     bool in_place = false;
-    template <class F>
-    void visit(const std::string&, F&&) {}
+    void visit(const std::string&, const ParamVisitor&) {}
 
     const dnnl::memory& forward(const dnnl::memory& x, Mode mode) {
         Plan& p = plans_.get(x.get_desc(), mode, [&] {

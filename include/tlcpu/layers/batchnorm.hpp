@@ -45,20 +45,18 @@ inline void mean_var_from_sums(std::span<const double> s, int C, double count, f
     }
 }
 
-template <int C>
-class BatchNorm2d {
-    static_assert(C > 0, "tlcpu: BatchNorm2d needs a positive channel count");
+namespace detail {
 
+// All of BatchNorm2d that needs its channel count only at run time, compiled once rather
+// than once per width (as detail::ConvCore is for Conv2d).
+class BNCore {
 public:
-    static constexpr int in_channels = C, out_channels = C;
     uint64_t backward_runs = 0;  // backward calls that ran a primitive (tests check freezing with it)
-    Param weight{{C}, 1.f}, bias{{C}, 0.f};
-    Param running_mean{{C}, 0.f, ParamKind::buffer}, running_var{{C}, 1.f, ParamKind::buffer};
+    Param weight, bias, running_mean, running_var;
     BNConfig config;
     SumAcross sync;
 
-    template <class F>
-    void visit(const std::string& prefix, F&& f) {
+    void visit(const std::string& prefix, const ParamVisitor& f) {
         f(prefix + "weight", weight);
         f(prefix + "bias", bias);
         f(prefix + "running_mean", running_mean);
@@ -147,7 +145,7 @@ private:
     // contributes.
     Plan make(const dnnl::memory::desc& xd, Mode mode, bool batch, bool synced) const {
         dims d = xd.dims();
-        check(d.size() == 4 && d[1] == C, "BatchNorm2d<" + std::to_string(C) + "> got input " + to_string(d));
+        check(d.size() == 4 && d[1] == c_, "BatchNorm2d<" + std::to_string(c_) + "> got input " + to_string(d));
         auto flags = dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift;
         if (!batch || synced) flags = flags | dnnl::normalization_flags::use_global_stats;
         auto prop = mode == Mode::training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
@@ -172,23 +170,23 @@ private:
     double global_stats(Plan& p, const dnnl::memory& x) {
         const dims d = x.get_desc().dims();
         const int64_t n = d[0], hw = d[2] * d[3];
-        if (p.x_plain.shape() != Shape{n, C, d[2], d[3]}) p.x_plain = Tensor({n, C, d[2], d[3]});
+        if (p.x_plain.shape() != Shape{n, c_, d[2], d[3]}) p.x_plain = Tensor({n, c_, d[2], d[3]});
         reorder(x, view(p.x_plain));
         Backend::get().wait();
-        std::vector<double> s(2 * C + 1, 0.0);
+        std::vector<double> s(2 * c_ + 1, 0.0);
         const float* xp = p.x_plain.data();
 #pragma omp parallel for
-        for (int c = 0; c < C; ++c)
+        for (int c = 0; c < c_; ++c)
             for (int64_t i = 0; i < n; ++i)
-                for (const float* v = xp + (i * C + c) * hw; v != xp + (i * C + c + 1) * hw; ++v) {
+                for (const float* v = xp + (i * c_ + c) * hw; v != xp + (i * c_ + c + 1) * hw; ++v) {
                     s[size_t(c)] += *v;
-                    s[size_t(C + c)] += double(*v) * *v;
+                    s[size_t(c_ + c)] += double(*v) * *v;
                 }
-        s[2 * C] = double(n * hw);
+        s[2 * c_] = double(n * hw);
         sync(s);
-        p.count = s[2 * C];
+        p.count = s[2 * c_];
         check(p.count > 1, "BatchNorm2d with synchronised statistics needs more than one value per channel in the global batch");
-        mean_var_from_sums(s, C, p.count, static_cast<float*>(p.mean.get_data_handle()),
+        mean_var_from_sums(s, c_, p.count, static_cast<float*>(p.mean.get_data_handle()),
                            static_cast<float*>(p.var.get_data_handle()));
         return p.count;
     }
@@ -199,8 +197,8 @@ private:
     void correct_synced_dx(Plan& p) {
         Backward& b = *p.bwd;
         Backend::get().wait();
-        std::vector<double> s(2 * C);
-        for (int c = 0; c < C; ++c) s[size_t(c)] = weight.grad[c], s[size_t(C + c)] = bias.grad[c];
+        std::vector<double> s(2 * c_);
+        for (int c = 0; c < c_; ++c) s[size_t(c)] = weight.grad[c], s[size_t(c_ + c)] = bias.grad[c];
         sync(s);
         const Shape shape = p.x_plain.shape();
         const int64_t n = shape[0], hw = shape[2] * shape[3];
@@ -210,13 +208,13 @@ private:
         const float* mean = static_cast<const float*>(p.mean.get_data_handle());
         const float* var = static_cast<const float*>(p.var.get_data_handle());
 #pragma omp parallel for
-        for (int c = 0; c < C; ++c) {
+        for (int c = 0; c < c_; ++c) {
             const float inv_std = 1.f / std::sqrt(var[c] + config.eps);
             const float k = float(weight.value[c] * inv_std / p.count);
-            const float sum_dy = float(s[size_t(C + c)]), sum_dy_xhat = float(s[size_t(c)]);
+            const float sum_dy = float(s[size_t(c_ + c)]), sum_dy_xhat = float(s[size_t(c)]);
             for (int64_t i = 0; i < n; ++i) {
-                const float* x = p.x_plain.data() + (i * C + c) * hw;
-                float* dx = dx_plain_.data() + (i * C + c) * hw;
+                const float* x = p.x_plain.data() + (i * c_ + c) * hw;
+                float* dx = dx_plain_.data() + (i * c_ + c) * hw;
                 for (int64_t j = 0; j < hw; ++j) dx[j] -= k * (sum_dy + (x[j] - mean[c]) * inv_std * sum_dy_xhat);
             }
         }
@@ -229,7 +227,7 @@ private:
         const float m = config.momentum, unbias = n > 1 ? float(n / (n - 1)) : 1.f;
         const float* bm = static_cast<const float*>(p.mean.get_data_handle());
         const float* bv = static_cast<const float*>(p.var.get_data_handle());
-        for (int c = 0; c < C; ++c) {
+        for (int c = 0; c < c_; ++c) {
             running_mean.value[c] = (1 - m) * running_mean.value[c] + m * bm[c];
             running_var.value[c] = (1 - m) * running_var.value[c] + m * bv[c] * unbias;
         }
@@ -237,9 +235,27 @@ private:
         running_var.touch();
     }
 
+protected:
+    explicit BNCore(int channels)
+        : weight({channels}, 1.f), bias({channels}, 0.f), running_mean({channels}, 0.f, ParamKind::buffer),
+          running_var({channels}, 1.f, ParamKind::buffer), c_(channels) {}
+
+private:
+    int c_;
     PlanCache<Plan> plans_;
     Plan* last_ = nullptr;
     Tensor dx_plain_;
+};
+
+}  // namespace detail
+
+template <int C>
+class BatchNorm2d : public detail::BNCore {
+    static_assert(C > 0, "tlcpu: BatchNorm2d needs a positive channel count");
+
+public:
+    static constexpr int in_channels = C, out_channels = C;
+    BatchNorm2d() : BNCore(C) {}
 };
 
 // The head's BatchNorm over features [N, C]. Training mode normalises with the batch's
@@ -255,8 +271,7 @@ public:
     BNConfig config{1e-5f, 0.1f, BNMode::batch};
     SumAcross sync;
 
-    template <class F>
-    void visit(const std::string& prefix, F&& f) {
+    void visit(const std::string& prefix, const ParamVisitor& f) {
         f(prefix + "weight", weight);
         f(prefix + "bias", bias);
         f(prefix + "running_mean", running_mean);

@@ -13,27 +13,27 @@ namespace tlcpu {
 // Output size of a conv or pool window along one axis (floor mode).
 constexpr int64_t conv_out(int64_t in, int k, int s, int pad) { return (in + 2 * pad - k) / s + 1; }
 
-// Conv2d<In, Out, K, S, P, Bias>: square kernel K, stride S, zero padding P on every side.
-// The weight is kept in torchvision's [Out, In, K, K] order; oneDNN's blocked copy of it is
-// refreshed only when the weight's version changes.
-template <int In, int Out, int K, int S = 1, int P = 0, bool Bias = false>
-class Conv2d {
-    static_assert(In > 0 && Out > 0, "tlcpu: Conv2d channel counts must be positive");
-    static_assert(K > 0 && S > 0 && P >= 0, "tlcpu: Conv2d needs kernel > 0, stride > 0, padding >= 0");
+// A BatchNorm2d's parameters as a conv that folds it in reads them: its channel count is
+// checked where Conv2d makes one (Conv2d::forward_folded), not here.
+struct FoldedBN {
+    const Param &weight, &bias, &running_mean, &running_var;
+    float eps;
+};
 
+namespace detail {
+
+// All of Conv2d that needs its shape only at run time. A ResNet-50 has 19 conv shapes per
+// layout, and a copy of this code per shape was most of what an app or a test file took to
+// compile (train_cpu: ~15% of its object code; a test file under ASan, ~40%); Conv2d keeps
+// the shape in its type, so a wrong composition still does not compile.
+class ConvCore {
 public:
-    static constexpr int in_channels = In, out_channels = Out;
     uint64_t backward_runs = 0;  // backward calls that ran a primitive (tests check freezing with it)
-    static constexpr int kernel = K, stride = S, padding = P;
-    static constexpr bool has_bias = Bias;
+    Param weight, bias;
 
-    Param weight{{Out, In, K, K}, 0.f};
-    Param bias{{Bias ? Out : 0}, 0.f};
-
-    template <class F>
-    void visit(const std::string& prefix, F&& f) {
+    void visit(const std::string& prefix, const ParamVisitor& f) {
         f(prefix + "weight", weight);
-        if constexpr (Bias) f(prefix + "bias", bias);
+        if (has_bias_) f(prefix + "bias", bias);
     }
 
     // In Backend::train_precision: f32, or bf16 with f32 master weights, f32 weight
@@ -52,7 +52,7 @@ public:
         const dnnl::memory& src = as_desc(x, p.pd.src_desc(), p.src_scratch);
         std::unordered_map<int, dnnl::memory> args{
             {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, p.weights}, {DNNL_ARG_DST, p.dst}};
-        if constexpr (Bias) args[DNNL_ARG_BIAS] = view(bias.value);
+        if (has_bias_) args[DNNL_ARG_BIAS] = view(bias.value);
         be.run(p.prim, args);
         last_ = &p;
         p.src = src;
@@ -84,10 +84,8 @@ public:
     // (Backend::acts()): it stays valid until the caller lets the pool hand it out again.
     // precision: f32, or bf16 for a frozen layer (Backend::frozen_precision; a trainable
     // layer evaluated in inference mode keeps the f32 it trains in).
-    template <class BN>
-    const dnnl::memory& forward_folded(const dnnl::memory& x, const BN& bn, bool relu, const dnnl::memory* residual,
+    const dnnl::memory& forward_folded(const dnnl::memory& x, const FoldedBN& bn, bool relu, const dnnl::memory* residual,
                                        bool residual_owned, dt precision) {
-        static_assert(BN::in_channels == Out, "tlcpu: the folded BatchNorm must have the conv's output channels");
         Folded* pp = &folded_.get(x.get_desc(), Mode::inference, [&] { return make_folded(x.get_desc(), relu, residual, precision); });
         if (pp->precision != precision || pp->winograd != Backend::get().winograd_key())
             *pp = make_folded(x.get_desc(), relu, residual, precision);
@@ -123,10 +121,8 @@ public:
     // rescale, hence b / (sx * sw[o])). Output: u8 after a ReLU, s8 without (a projection,
     // which can be negative). A residual (u8 or s8, with its own scale) enters through the
     // sum post-op, rescaled to s_out.
-    template <class BN>
-    const dnnl::memory& forward_int8(const dnnl::memory& x, const BN& bn, bool relu, const dnnl::memory* residual,
+    const dnnl::memory& forward_int8(const dnnl::memory& x, const FoldedBN& bn, bool relu, const dnnl::memory* residual,
                                      bool residual_owned, float s_out) {
-        static_assert(BN::in_channels == Out, "tlcpu: the folded BatchNorm must have the conv's output channels");
         auto& be = Backend::get();
         check(x.get_desc().data_type() == dt::u8, "Conv2d::forward_int8 wants a u8 input");
         const float sx = be.scale_of(x), sr = residual ? be.scale_of(*residual) : 0.f;
@@ -176,23 +172,23 @@ public:
             g_w = converted(b.mm_dy);
             const auto& eng = be.engine();
             void* cols = p.src.get_data_handle();  // a 1x1 stride-1 conv reads its input's rows as they are
-            if (K != 1 || S != 1) {
+            if (k_ != 1 || s_ != 1) {
                 cols = be.column_buffer(b.mpd.weights_desc().get_size());
                 im2col(p.src, static_cast<uint16_t*>(cols), b.mm_dy.dims());
             }
             // a 1x1 conv's [Out][In] gradient is the plain one; a KxK conv's comes out [Out][K][K][In]
-            const dnnl::memory dw = K == 1 ? view(grad_of(weight)) : be.weight_grad_buffer(b.mm_dw);
+            const dnnl::memory dw = k_ == 1 ? view(grad_of(weight)) : be.weight_grad_buffer(b.mm_dw);
             be.run(b.mprim, {{DNNL_ARG_SRC, dnnl::memory(b.mpd.src_desc(), eng, g_w.get_data_handle())},
                              {DNNL_ARG_WEIGHTS, dnnl::memory(b.mpd.weights_desc(), eng, cols)},
                              {DNNL_ARG_DST, dnnl::memory(b.mpd.dst_desc(), eng, dw.get_data_handle())}});
-            if constexpr (K != 1) reorder(dw, view(grad_of(weight)));
+            if (k_ != 1) reorder(dw, view(grad_of(weight)));
         } else if (weight.trainable) {
             const dnnl::memory dw = be.weight_grad_buffer(b.wpd.diff_weights_desc());
             g_w = converted(b.wpd.diff_dst_desc());
             const dnnl::memory& src = as_desc(p.src, b.wpd.src_desc(), b.src);
             std::unordered_map<int, dnnl::memory> args{
                 {DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, g_w}, {DNNL_ARG_DIFF_WEIGHTS, dw}};
-            if constexpr (Bias) args[DNNL_ARG_DIFF_BIAS] = view(grad_of(bias));
+            if (has_bias_) args[DNNL_ARG_DIFF_BIAS] = view(grad_of(bias));
             be.run(b.wprim, args);
             reorder(dw, view(grad_of(weight)));
         }
@@ -246,7 +242,7 @@ private:
     // is about 3x the direct conv's (~3e-6 of the output's range: tests/test_winograd.cpp).
     // Backend::winograd turns it off; a shape oneDNN lacks it for, or whose Winograd scratchpad
     // is over Backend::winograd_max_scratchpad, gets the direct conv.
-    static bool wants_winograd(dt t, bool on = Backend::get().winograd_key() != 0) { return K == 3 && S == 1 && t == dt::f32 && on; }
+    bool wants_winograd(dt t, bool on = Backend::get().winograd_key() != 0) { return k_ == 3 && s_ == 1 && t == dt::f32 && on; }
     // With Winograd on, every f32 conv reads and writes nChw16c activations, the one layout
     // oneDNN's Winograd kernel takes: left to choose, the 1x1 convs of a frozen block pick NHWC
     // and each 3x3 between them would need two reorders (at batch 32: 26 reorders a forward and
@@ -270,7 +266,7 @@ private:
 
     // The rows of the weight-gradient matmul for NHWC bf16 x and an output of size out:
     // col[n][oy][ox][ky][kx][i] = x[n][oy*S-P+ky][ox*S-P+kx][i], zero in the padding.
-    static void im2col(const dnnl::memory& from, uint16_t* col, const dims& out) {
+    void im2col(const dnnl::memory& from, uint16_t* col, const dims& out) {
         const dims d = from.get_desc().dims();
         Backend::get().wait();
         const auto* x = static_cast<const uint16_t*>(from.get_data_handle());
@@ -278,21 +274,21 @@ private:
         for (int64_t r = 0; r < out[0] * out[2]; ++r) {
             const int64_t n = r / out[2], oy = r % out[2];
             for (int64_t ox = 0; ox < out[3]; ++ox)
-                for (int ky = 0; ky < K; ++ky)
-                    for (int kx = 0; kx < K; ++kx) {
-                        uint16_t* to = col + (((r * out[3] + ox) * K + ky) * K + kx) * In;
-                        const int64_t iy = oy * S - P + ky, ix = ox * S - P + kx;
+                for (int ky = 0; ky < k_; ++ky)
+                    for (int kx = 0; kx < k_; ++kx) {
+                        uint16_t* to = col + (((r * out[3] + ox) * k_ + ky) * k_ + kx) * in_;
+                        const int64_t iy = oy * s_ - p_ + ky, ix = ox * s_ - p_ + kx;
                         if (iy < 0 || iy >= d[2] || ix < 0 || ix >= d[3])
-                            std::memset(to, 0, In * sizeof(uint16_t));
+                            std::memset(to, 0, in_ * sizeof(uint16_t));
                         else
-                            std::memcpy(to, x + ((n * d[2] + iy) * d[3] + ix) * In, In * sizeof(uint16_t));
+                            std::memcpy(to, x + ((n * d[2] + iy) * d[3] + ix) * in_, in_ * sizeof(uint16_t));
                     }
         }
     }
 
-    static Backward make_backward(const Plan& p) {
+    Backward make_backward(const Plan& p) {
         auto& eng = Backend::get().engine();
-        const dims src = p.pd.src_desc().dims(), dst = p.pd.dst_desc().dims(), wei{Out, In, K, K};
+        const dims src = p.pd.src_desc().dims(), dst = p.pd.dst_desc().dims(), wei{out_, in_, k_, k_};
         const dt t = p.precision;  // what the products run in; gradients leave in f32
         Backward b;
         // oneDNN 2.6's bf16 backward-weights kernel is slow where the image is small: on AMX at
@@ -308,13 +304,13 @@ private:
         // 3x3 convs take the matmul only when strided or at most 7x7 out (other kernel sizes,
         // such as the 7x7 stem with its 3 channels, were slower as matmuls). A column buffer
         // (im2col) is at most 32 MiB.
-        const int64_t pixels = dst[0] * dst[2] * dst[3], kk = int64_t(K) * K * In;
-        const bool wanted = K == 1 ? P == 0 : K == 3 && (S > 1 || dst[2] * dst[3] <= 49);
-        const bool fits = (K == 1 && S == 1) || pixels * kk * 2 <= (int64_t(32) << 20);
-        if (t == dt::bf16 && !Bias && wanted && fits && p.pd.src_desc() == dnnl::memory::desc(src, t, tag::acdb)) {
-            const dnnl::matmul::desc md(dnnl::memory::desc({Out, pixels}, t, dims{1, Out}),
+        const int64_t pixels = dst[0] * dst[2] * dst[3], kk = int64_t(k_) * k_ * in_;
+        const bool wanted = k_ == 1 ? p_ == 0 : k_ == 3 && (s_ > 1 || dst[2] * dst[3] <= 49);
+        const bool fits = (k_ == 1 && s_ == 1) || pixels * kk * 2 <= (int64_t(32) << 20);
+        if (t == dt::bf16 && !has_bias_ && wanted && fits && p.pd.src_desc() == dnnl::memory::desc(src, t, tag::acdb)) {
+            const dnnl::matmul::desc md(dnnl::memory::desc({out_, pixels}, t, dims{1, out_}),
                                         dnnl::memory::desc({pixels, kk}, t, dims{kk, 1}),
-                                        dnnl::memory::desc({Out, kk}, dt::f32, tag::ab));
+                                        dnnl::memory::desc({out_, kk}, dt::f32, tag::ab));
             dnnl::matmul::primitive_desc mpd(md, Backend::attr(), eng, /*allow_empty=*/true);
             if (mpd && std::string(mpd.impl_info_str()).rfind("ref", 0) != 0) {  // not the reference loop
                 b.mpd = mpd;
@@ -325,16 +321,16 @@ private:
         }
         if (!b.mprim) {  // the forward's algorithm, as long as oneDNN has it for the backward pass too
             b.wpd = pick<dnnl::convolution_backward_weights::primitive_desc>(wants_winograd(t, p.winograd != 0), [&](dnnl::algorithm algo) {
-                return Bias ? dnnl::convolution_backward_weights::desc(algo, any(src, t), any(wei),
-                                                                       dnnl::memory::desc({Out}, dt::f32, tag::a),
-                                                                       any(dst, t), {S, S}, {P, P}, {P, P})
-                            : dnnl::convolution_backward_weights::desc(algo, any(src, t), any(wei), any(dst, t), {S, S},
-                                                                       {P, P}, {P, P});
+                return has_bias_ ? dnnl::convolution_backward_weights::desc(algo, any(src, t), any(wei),
+                                                                       dnnl::memory::desc({out_}, dt::f32, tag::a),
+                                                                       any(dst, t), {s_, s_}, {p_, p_}, {p_, p_})
+                            : dnnl::convolution_backward_weights::desc(algo, any(src, t), any(wei), any(dst, t), {s_, s_},
+                                                                       {p_, p_}, {p_, p_});
             }, Backend::attr(), p.pd);
             b.wprim = dnnl::convolution_backward_weights(b.wpd);
         }
         b.dpd = pick<dnnl::convolution_backward_data::primitive_desc>(wants_winograd(t, p.winograd != 0), [&](dnnl::algorithm algo) {
-            return dnnl::convolution_backward_data::desc(algo, any(src), any(wei, t), any(dst, t), {S, S}, {P, P}, {P, P});
+            return dnnl::convolution_backward_data::desc(algo, any(src), any(wei, t), any(dst, t), {s_, s_}, {p_, p_}, {p_, p_});
         }, Backend::attr(), p.pd);
         b.dprim = dnnl::convolution_backward_data(b.dpd);
         b.shares_weights = b.dpd.weights_desc() == p.pd.weights_desc();
@@ -342,26 +338,26 @@ private:
         return b;
     }
 
-    static Plan make(const dnnl::memory::desc& xd, Mode mode, dt t) {
+    Plan make(const dnnl::memory::desc& xd, Mode mode, dt t) {
         dims d = xd.dims();
-        check(d.size() == 4 && d[1] == In,
-              "Conv2d<" + std::to_string(In) + "," + std::to_string(Out) + ",...> got input " +
-                  to_string(d) + " (expected [N," + std::to_string(In) + ",H,W])");
-        int64_t oh = conv_out(d[2], K, S, P), ow = conv_out(d[3], K, S, P);
+        check(d.size() == 4 && d[1] == in_,
+              "Conv2d<" + std::to_string(in_) + "," + std::to_string(out_) + ",...> got input " +
+                  to_string(d) + " (expected [N," + std::to_string(in_) + ",H,W])");
+        int64_t oh = conv_out(d[2], k_, s_, p_), ow = conv_out(d[3], k_, s_, p_);
         check(oh > 0 && ow > 0, "Conv2d input " + to_string(d) + " is smaller than its kernel");
         if (t == dt::bf16) Backend::get().require_bf16();
         auto prop = mode == Mode::inference ? dnnl::prop_kind::forward_inference
                                             : dnnl::prop_kind::forward_training;
-        dims src{d[0], In, d[2], d[3]}, wei{Out, In, K, K}, dst{d[0], Out, oh, ow};
+        dims src{d[0], in_, d[2], d[3]}, wei{out_, in_, k_, k_}, dst{d[0], out_, oh, ow};
         Plan p;
         auto& eng = Backend::get().engine();
         p.winograd = Backend::get().winograd_key();
         p.pd = pick<dnnl::convolution_forward::primitive_desc>(wants_winograd(t), [&](dnnl::algorithm algo) {
-            return Bias ? dnnl::convolution_forward::desc(prop, algo, act(src, t, In, t), any(wei, t),
-                                                          dnnl::memory::desc({Out}, dt::f32, tag::a), act(dst, dt::f32, Out, t),
-                                                          {S, S}, {P, P}, {P, P})
-                        : dnnl::convolution_forward::desc(prop, algo, act(src, t, In, t), any(wei, t), act(dst, dt::f32, Out, t),
-                                                          {S, S}, {P, P}, {P, P});
+            return has_bias_ ? dnnl::convolution_forward::desc(prop, algo, act(src, t, in_, t), any(wei, t),
+                                                          dnnl::memory::desc({out_}, dt::f32, tag::a), act(dst, dt::f32, out_, t),
+                                                          {s_, s_}, {p_, p_}, {p_, p_})
+                        : dnnl::convolution_forward::desc(prop, algo, act(src, t, in_, t), any(wei, t), act(dst, dt::f32, out_, t),
+                                                          {s_, s_}, {p_, p_}, {p_, p_});
         }, Backend::attr());
         p.prim = dnnl::convolution_forward(p.pd);
         p.weights = dnnl::memory(p.pd.weights_desc(), eng);
@@ -379,11 +375,11 @@ private:
         dt precision = dt::f32;
         size_t winograd = 0;
     };
-    static Folded make_folded(const dnnl::memory::desc& xd, bool relu, const dnnl::memory* residual, dt prec) {
+    Folded make_folded(const dnnl::memory::desc& xd, bool relu, const dnnl::memory* residual, dt prec) {
         const dims d = xd.dims();
-        check(d.size() == 4 && d[1] == In, "Conv2d<" + std::to_string(In) + "," + std::to_string(Out) + ",...> got input " + to_string(d));
+        check(d.size() == 4 && d[1] == in_, "Conv2d<" + std::to_string(in_) + "," + std::to_string(out_) + ",...> got input " + to_string(d));
         if (prec == dt::bf16) Backend::get().require_bf16();
-        dims src{d[0], In, d[2], d[3]}, wei{Out, In, K, K}, dst{d[0], Out, conv_out(d[2], K, S, P), conv_out(d[3], K, S, P)};
+        dims src{d[0], in_, d[2], d[3]}, wei{out_, in_, k_, k_}, dst{d[0], out_, conv_out(d[2], k_, s_, p_), conv_out(d[3], k_, s_, p_)};
         auto& eng = Backend::get().engine();
         auto any_p = [&](const dims& d) { return dnnl::memory::desc(d, prec, tag::any); };
         // The residual add is a sum post-op (dst += conv): oneDNN 2.6 runs a full-tensor
@@ -395,13 +391,13 @@ private:
             dnnl::primitive_attr attr = Backend::attr();
             attr.set_post_ops(ops);
             return pick<dnnl::convolution_forward::primitive_desc>(wants_winograd(prec), [&](dnnl::algorithm algo) {
-                return dnnl::convolution_forward::desc(dnnl::prop_kind::forward_inference, algo, act(src, prec, In, prec),
-                                                       any_p(wei), dnnl::memory::desc({Out}, dt::f32, tag::a), dst_md,
-                                                       {S, S}, {P, P}, {P, P});
+                return dnnl::convolution_forward::desc(dnnl::prop_kind::forward_inference, algo, act(src, prec, in_, prec),
+                                                       any_p(wei), dnnl::memory::desc({out_}, dt::f32, tag::a), dst_md,
+                                                       {s_, s_}, {p_, p_}, {p_, p_});
             }, attr);
         };
         Folded p;
-        p.pd = make_pd(act(dst, prec, Out, prec), residual != nullptr);
+        p.pd = make_pd(act(dst, prec, out_, prec), residual != nullptr);
         p.precision = prec;
         p.winograd = Backend::get().winograd_key();
         p.prim = dnnl::convolution_forward(p.pd);
@@ -410,21 +406,19 @@ private:
         return p;
     }
 
-    template <class BN>
-    std::array<uint64_t, 6> versions(const BN& bn) const {
+    std::array<uint64_t, 6> versions(const FoldedBN& bn) const {
         return {weight.version, bias.version, bn.weight.version, bn.bias.version, bn.running_mean.version,
                 bn.running_var.version};
     }
     // The BatchNorm folded in: w = W * s, b = beta + (bias - mean) * s, s = gamma / sqrt(var + eps).
-    template <class BN>
-    void fold(const BN& bn, Tensor& w, Tensor& b) const {
+    void fold(const FoldedBN& bn, Tensor& w, Tensor& b) const {
         w = Tensor(weight.value.shape());
-        b = Tensor({Out});
-        const int64_t per = int64_t(In) * K * K;
-        for (int o = 0; o < Out; ++o) {
-            const float sc = bn.weight.value[o] / std::sqrt(bn.running_var.value[o] + bn.config.eps);
+        b = Tensor({out_});
+        const int64_t per = int64_t(in_) * k_ * k_;
+        for (int o = 0; o < out_; ++o) {
+            const float sc = bn.weight.value[o] / std::sqrt(bn.running_var.value[o] + bn.eps);
             for (int64_t i = 0; i < per; ++i) w[o * per + i] = weight.value[o * per + i] * sc;
-            b[o] = bn.bias.value[o] + ((Bias ? bias.value[o] : 0.f) - bn.running_mean.value[o]) * sc;
+            b[o] = bn.bias.value[o] + ((has_bias_ ? bias.value[o] : 0.f) - bn.running_mean.value[o]) * sc;
         }
     }
 
@@ -439,19 +433,18 @@ private:
     };
     // The scales are part of the primitive (static output scales let oneDNN pick its fastest
     // kernels), so a plan is rebuilt when they or the weights change: for a frozen layer, once.
-    template <class BN>
-    Quant make_int8(const dnnl::memory::desc& xd, const BN& bn, bool relu, dt res_t, const std::array<float, 3>& sc) const {
+    Quant make_int8(const dnnl::memory::desc& xd, const FoldedBN& bn, bool relu, dt res_t, const std::array<float, 3>& sc) const {
         const dims d = xd.dims();
-        dims src{d[0], In, d[2], d[3]}, wei{Out, In, K, K}, dst{d[0], Out, conv_out(d[2], K, S, P), conv_out(d[3], K, S, P)};
+        dims src{d[0], in_, d[2], d[3]}, wei{out_, in_, k_, k_}, dst{d[0], out_, conv_out(d[2], k_, s_, p_), conv_out(d[3], k_, s_, p_)};
         const float sx = sc[0], sr = sc[1], s_out = sc[2];
         Tensor w, b;
         fold(bn, w, b);
-        const int64_t per = int64_t(In) * K * K;
-        std::vector<int8_t> wq(size_t(Out * per));
-        std::vector<float> oscale(Out);
-        Tensor bq({Out});
+        const int64_t per = int64_t(in_) * k_ * k_;
+        std::vector<int8_t> wq(size_t(out_ * per));
+        std::vector<float> oscale(out_);
+        Tensor bq({out_});
         const float levels = Backend::get().has_vnni() ? 127.f : 63.f;  // 255 x 63 x 2 fits an s16
-        for (int o = 0; o < Out; ++o) {
+        for (int o = 0; o < out_; ++o) {
             float m = 0.f;
             for (int64_t i = 0; i < per; ++i) m = std::max(m, std::fabs(w[o * per + i]));
             const float sw = m > 0.f ? m / levels : 1.f;
@@ -469,7 +462,7 @@ private:
         auto& eng = Backend::get().engine();
         Quant q;
         q.pd = {{dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, {src, dt::u8, tag::any},
-                 {wei, dt::s8, tag::any}, {{Out}, dt::f32, tag::a}, {dst, out_t, tag::any}, {S, S}, {P, P}, {P, P}},
+                 {wei, dt::s8, tag::any}, {{out_}, dt::f32, tag::a}, {dst, out_t, tag::any}, {s_, s_}, {p_, p_}, {p_, p_}},
                 attr, eng};
         q.prim = dnnl::convolution_forward(q.pd);
         q.weights = dnnl::memory(q.pd.weights_desc(), eng);
@@ -484,11 +477,56 @@ private:
         return q;
     }
 
+protected:
+    ConvCore(int in, int out, int k, int s, int p, bool has_bias)
+        : weight({out, in, k, k}, 0.f), bias({has_bias ? out : 0}, 0.f), in_(in), out_(out), k_(k), s_(s), p_(p),
+          has_bias_(has_bias) {}
+
+private:
+    int in_, out_, k_, s_, p_;
+    bool has_bias_;
     PlanCache<Plan> plans_;
     Plan* last_ = nullptr;
     PlanCache<Folded> folded_;
     Folded* last_folded_ = nullptr;
     PlanCache<Quant> quant_;
+};
+
+}  // namespace detail
+
+// Conv2d<In, Out, K, S, P, Bias>: square kernel K, stride S, zero padding P on every side.
+// The weight is kept in torchvision's [Out, In, K, K] order; oneDNN's blocked copy of it is
+// refreshed only when the weight's version changes. The work is detail::ConvCore's.
+template <int In, int Out, int K, int S = 1, int P = 0, bool Bias = false>
+class Conv2d : public detail::ConvCore {
+    static_assert(In > 0 && Out > 0, "tlcpu: Conv2d channel counts must be positive");
+    static_assert(K > 0 && S > 0 && P >= 0, "tlcpu: Conv2d needs kernel > 0, stride > 0, padding >= 0");
+
+public:
+    static constexpr int in_channels = In, out_channels = Out;
+    static constexpr int kernel = K, stride = S, padding = P;
+    static constexpr bool has_bias = Bias;
+
+    Conv2d() : ConvCore(In, Out, K, S, P, Bias) {}
+
+    template <class BN>
+    const dnnl::memory& forward_folded(const dnnl::memory& x, const BN& bn, bool relu, const dnnl::memory* residual,
+                                       bool residual_owned, dt precision) {
+        static_assert(BN::in_channels == Out, "tlcpu: the folded BatchNorm must have the conv's output channels");
+        return ConvCore::forward_folded(x, folded(bn), relu, residual, residual_owned, precision);
+    }
+    template <class BN>
+    const dnnl::memory& forward_int8(const dnnl::memory& x, const BN& bn, bool relu, const dnnl::memory* residual,
+                                     bool residual_owned, float s_out) {
+        static_assert(BN::in_channels == Out, "tlcpu: the folded BatchNorm must have the conv's output channels");
+        return ConvCore::forward_int8(x, folded(bn), relu, residual, residual_owned, s_out);
+    }
+
+private:
+    template <class BN>
+    static FoldedBN folded(const BN& bn) {
+        return {bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.config.eps};
+    }
 };
 
 }  // namespace tlcpu

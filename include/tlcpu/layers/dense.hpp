@@ -29,8 +29,7 @@ public:
         check(out > 0, "Dense<" + std::to_string(In) + ", dynamic> needs a positive output size, got " + std::to_string(out));
     }
 
-    template <class F>
-    void visit(const std::string& prefix, F&& f) {
+    void visit(const std::string& prefix, const ParamVisitor& f) {
         f(prefix + "weight", weight);
         f(prefix + "bias", bias);
     }
@@ -79,8 +78,7 @@ public:
     // sample keeps the mask it would get in a single process holding the whole batch.
     int64_t first = 0;
 
-    template <class F>
-    void visit(const std::string&, F&&) {}
+    void visit(const std::string&, const ParamVisitor&) {}
 
     const Tensor& forward(const Tensor& x, Mode mode) {
         check(p >= 0.f && p < 1.f, "Dropout rate must be in [0, 1), got " + std::to_string(p));

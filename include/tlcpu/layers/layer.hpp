@@ -6,7 +6,7 @@
 //   const dnnl::memory& output() const                         the last forward's result
 //     (in inference a block's output lives in the shared activation pool: read it before
 //     later layers run, as a stage-by-stage walk does)
-//   void visit(const std::string& prefix, F&& f)              f(name, Param&) per parameter
+//   void visit(const std::string& prefix, const ParamVisitor& f)   f(name, Param&) per parameter
 #pragma once
 #include <algorithm>
 #include <cstddef>

@@ -25,8 +25,7 @@ class MaxPool2d {
 public:
     static constexpr int in_channels = any_channels, out_channels = any_channels;
     uint64_t backward_runs = 0;  // backward calls that ran a primitive (tests check freezing with it)
-    template <class F>
-    void visit(const std::string&, F&&) {}
+    void visit(const std::string&, const ParamVisitor&) {}
 
     const dnnl::memory& forward(const dnnl::memory& x, Mode mode) {
         Plan& p = plans_.get(x.get_desc(), mode, [&] { return make(x.get_desc(), mode); });
@@ -96,8 +95,7 @@ private:
 class GlobalAvgPool {
 public:
     static constexpr int in_channels = any_channels, out_channels = any_channels;
-    template <class F>
-    void visit(const std::string&, F&&) {}
+    void visit(const std::string&, const ParamVisitor&) {}
 
     const Tensor& forward(const dnnl::memory& x, Mode mode) {
         Plan& p = plans_.get(x.get_desc(), mode, [&] {

@@ -67,8 +67,7 @@ public:
     template <size_t I>
     const auto& get() const { return std::get<I>(layers); }
 
-    template <class F>
-    void visit(const std::string& prefix, F&& f) {
+    void visit(const std::string& prefix, const ParamVisitor& f) {
         std::apply([&](auto&... l) { (l.visit(child_prefix<std::remove_cvref_t<decltype(l)>>(prefix), f), ...); },
                    layers);
     }

@@ -29,8 +29,7 @@ public:
     }
     int classes() const { return fc.Out; }
 
-    template <class F>
-    void visit(const std::string& prefix, F&& f) {
+    void visit(const std::string& prefix, const ParamVisitor& f) {
         bn.visit(prefix + "head_bn.", f);
         fc.visit(prefix + "head_fc.", f);
     }
@@ -76,8 +75,7 @@ class HeadOnly {
 public:
     explicit HeadOnly(Head<In, Classes>& h) : head(h) {}
     Head<In, Classes>& head;
-    template <class F>
-    void visit(const std::string& prefix, F&& f) { head.visit(prefix, f); }
+    void visit(const std::string& prefix, const ParamVisitor& f) { head.visit(prefix, f); }
     template <class F>
     void each(F&& f) { f(head.bn), f(head.drop), f(head.fc); }
     const Tensor& forward(const Tensor& feats, Mode m) {
@@ -101,8 +99,7 @@ public:
 
     explicit Classifier(int n_classes = Classes) : head(n_classes) {}
 
-    template <class F>
-    void visit(const std::string& prefix, F&& f) {
+    void visit(const std::string& prefix, const ParamVisitor& f) {
         backbone.visit(prefix, f);
         head.visit(prefix, f);
     }

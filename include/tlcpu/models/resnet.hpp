@@ -52,8 +52,7 @@ public:
     [[no_unique_address]] std::conditional_t<has_projection, Conv2d<In, Out, 1, Stride, 0>, Empty> down_conv;
     [[no_unique_address]] std::conditional_t<has_projection, BatchNorm2d<Out>, Empty> down_bn;
 
-    template <class F>
-    void visit(const std::string& prefix, F&& f) {
+    void visit(const std::string& prefix, const ParamVisitor& f) {
         conv1.visit(prefix + "conv1.", f);
         bn1.visit(prefix + "bn1.", f);
         conv2.visit(prefix + "conv2.", f);
@@ -188,8 +187,7 @@ public:
     Bottleneck<In, Width, 4 * Width, Stride, L> first;
     std::array<Bottleneck<4 * Width, Width, 4 * Width, 1, L>, Blocks - 1> rest;
 
-    template <class F>
-    void visit(const std::string& prefix, F&& f) {
+    void visit(const std::string& prefix, const ParamVisitor& f) {
         first.visit(prefix + "0.", f);
         for (size_t i = 0; i < rest.size(); ++i) rest[i].visit(prefix + std::to_string(i + 1) + ".", f);
     }

@@ -110,8 +110,7 @@ public:
     FromCut(Net& n, Cut c) : net(n), cut(c) {}
     Net& net;
     Cut cut;
-    template <class F>
-    void visit(const std::string& prefix, F&& f) { net.visit(prefix, f); }
+    void visit(const std::string& prefix, const ParamVisitor& f) { net.visit(prefix, f); }
     template <class F>
     void each(F&& f) { net.each(f); }
     const Tensor& forward(const Tensor& x, Mode m) { return net.head.forward(forward_suffix(net.backbone, view(x), cut, m), m); }
