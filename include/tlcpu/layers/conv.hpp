@@ -73,6 +73,7 @@ public:
     }
     std::string folded_kernel() const { return last_folded_ ? last_folded_->pd.impl_info_str() : ""; }
 
+protected:  // Conv2d's forward_folded and forward_int8 check the BatchNorm's width first
     // Inference with the BatchNorm that follows folded into the weights and a bias,
     //   y = relu?( conv(x, W * s) + (beta - mean * s) [+ residual] ),  s = gamma / sqrt(var + eps)
     // with the residual add and the ReLU as post-ops of the one primitive: what a frozen
@@ -147,6 +148,7 @@ public:
         return p.dst;
     }
 
+public:
     // Backward of the last forward (which must have run in Mode::training): the weight
     // (and bias) gradient when trainable, and the input gradient when need_dx.
     const dnnl::memory* backward(const dnnl::memory& dy, bool need_dx) {
