@@ -56,6 +56,15 @@ void with_model(const io::SafeTensors& file, F&& f) {
             } catch (const Error& e) {
                 fail(file.path() + ": " + std::string(e.what()).substr(std::string_view("tlcpu: ").size()));
             }
+            // the weights' bits as trained (models from before this was recorded: this CPU's)
+            const std::string bits = file.meta("int8_weight_bits", "-");
+            check(bits == "-" || bits == "7" || bits == "8", file.path() + ": int8_weight_bits '" + bits + "' (7 or 8)");
+            if (bits == "7") Backend::get().int8_weight_bits = 7;
+            if (bits == "8" && !Backend::get().has_vnni())
+                std::fprintf(stderr,
+                             "note: %s trained its int8 blocks with 8-bit weights (a CPU with VNNI); this CPU has no "
+                             "VNNI, so they run with 7-bit weights and results can differ slightly from training's\n",
+                             file.path().c_str());
         }
         if (file.meta("trained", "-") != "-") {  // frozen layers (bf16 when trained so) as in training
             freeze_all(net->backbone);

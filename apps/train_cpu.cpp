@@ -120,8 +120,9 @@ void run(const Config& c, const io::SafeTensors& weights, const Preprocessing& p
         for_each_batch(src, c.batch, [&](int64_t, const Tensor& x, const std::vector<int>&) { batches.push_back(x); });
         calibrate_int8(net->backbone, batches);
         ranges = int8_ranges(net->backbone);
-        std::printf("int8: frozen blocks calibrated on %zu training images in %.1f s\n", n,
-                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count());
+        std::printf("int8: frozen blocks calibrated on %zu training images in %.1f s; %d-bit weights\n", n,
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count(),
+                    Backend::get().int8_bits());
     }
 
     std::string classes;
@@ -148,7 +149,10 @@ void run(const Config& c, const io::SafeTensors& weights, const Preprocessing& p
                                                               fmt(pre.caffe_mean_bgr[1]) + " R=" + fmt(pre.caffe_mean_bgr[2])
                                                         : "torch"},
         {"head_bn_eps", fmt(net->head.bn.config.eps)}};
-    if (!ranges.empty()) meta["int8_ranges"] = ranges;
+    if (!ranges.empty()) {
+        meta["int8_ranges"] = ranges;
+        meta["int8_weight_bits"] = std::to_string(Backend::get().int8_bits());
+    }
     const fs::path out(c.out);
     auto whole = [&] { return fingerprint(*net); };
     auto save_best = [&](const std::string& path) {

@@ -140,6 +140,41 @@ TEST_CASE("int8 convolutions do not saturate on full-range inputs and weights, V
     CHECK(wrong == 0);
 }
 
+// A model file records its int8 weights' bits and evaluate asks for them (apps/common.hpp):
+// 7 must run on every CPU, 8 only where VNNI sums the pairs exactly. Weights of 1 and 0.006
+// (of max 1) tell them apart: 0.006 x 63 rounds to 0 levels, 0.006 x 127 to 1.
+TEST_CASE("int8 weights have the bits Backend::int8_weight_bits asks for: 7 anywhere, 8 only with VNNI") {
+    struct Restore {
+        ~Restore() { Backend::get().int8_weight_bits = 0; }
+    } restore;
+    Conv2d<32, 16, 1> conv;
+    BatchNorm2d<16> bn;
+    for (int o = 0; o < 16; ++o)
+        for (int i = 0; i < 32; ++i) conv.weight.value[o * 32 + i] = i == 0 ? 1.f : 0.006f;
+    conv.weight.touch();
+    Tensor x({1, 32, 2, 3});
+    for (int64_t i = 0; i < x.size(); ++i) x[i] = 2.f;
+    auto& be = Backend::get();
+    dnnl::memory xq(dnnl::memory::desc({1, 32, 2, 3}, dt::u8, tag::nhwc), be.engine());
+    quantize(view(x), xq, 2.f / 255.f);
+    const double fold = 1 / std::sqrt(1.0 + bn.config.eps);
+    auto out = [&] {  // every output alike; a step of 3/127 resolves the two cases
+        const Tensor y = to_tensor(conv.forward_int8(xq, bn, false, nullptr, false, 3.f / 127.f));
+        for (int64_t i = 1; i < y.size(); ++i) REQUIRE(y[i] == y[0]);
+        return double(y[0]);
+    };
+    be.int8_weight_bits = 7;
+    CHECK(be.int8_bits() == 7);
+    CHECK(out() == doctest::Approx(2 * fold).epsilon(0.015));  // the 0.006s are 0
+    be.int8_weight_bits = 8;  // the same conv: its plan is rebuilt for the new bits
+    if (be.has_vnni())
+        CHECK(out() == doctest::Approx((2 + 31 * 2 / 127.0) * fold).epsilon(0.015));  // each 0.006 is 1/127
+    else
+        CHECK_THROWS_WITH_AS(out(), "tlcpu: int8 weights of 8 bits on this CPU (7, or 8 with VNNI)", Error);
+    be.int8_weight_bits = 0;
+    CHECK(be.int8_bits() == (be.has_vnni() ? 8 : 7));
+}
+
 TEST_CASE("int8 ranges travel as text, and a wrong list is refused") {
     ResNet50<Layout::v1_5, 4, Depth::c4> a, b;
     int i = 0;

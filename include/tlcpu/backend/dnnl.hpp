@@ -138,10 +138,19 @@ public:
     // pairs in s32. Without it oneDNN sums each pair in s16 with saturation (VPMADDUBSW), so
     // 255 x 127 + 255 x 127 would clip: int8 convolutions then keep weights within 7 bits.
     bool has_vnni() const {
-        const unsigned isa = unsigned(dnnl::get_effective_cpu_isa());
-        auto has = [&](dnnl::cpu_isa i) { return (isa & unsigned(i)) == unsigned(i); };
-        return has(dnnl::cpu_isa::avx512_core_vnni) || has(dnnl::cpu_isa::avx2_vnni);
+        static const bool has = [] {
+            const unsigned isa = unsigned(dnnl::get_effective_cpu_isa());
+            auto is = [&](dnnl::cpu_isa i) { return (isa & unsigned(i)) == unsigned(i); };
+            return is(dnnl::cpu_isa::avx512_core_vnni) || is(dnnl::cpu_isa::avx2_vnni);
+        }();
+        return has;
     }
+    // Bits of an int8 conv's weights (max |w| / 127 or / 63): 0 means this CPU's own, 8 with
+    // VNNI and 7 without. A model file records what it trained with, and evaluate sets 7 where
+    // the model had 7, so a model trained without VNNI runs the same weights on a CPU with it
+    // (8 cannot run exactly without VNNI: apps/common.hpp says so and runs 7).
+    int int8_weight_bits = 0;
+    int int8_bits() const { return int8_weight_bits ? int8_weight_bits : has_vnni() ? 8 : 7; }
     // Set during an int8 calibration pass: frozen blocks run in f32 and record the largest
     // value of each activation they produce.
     bool calibrating = false;

@@ -116,7 +116,7 @@ protected:  // Conv2d's forward_folded and forward_int8 check the BatchNorm's wi
 
     // The int8 twin of forward_folded, for a frozen layer. x is u8 (a ReLU's output) with
     // its scale recorded in the backend (x = sx * q); the folded weights are s8 with one
-    // scale per output channel (max |w| / 127; / 63 without VNNI, see Backend::has_vnni),
+    // scale per output channel (max |w| / 127; / 63 without VNNI: Backend::int8_bits),
     // so the s32 accumulator times sx * sw[o] is the real conv output; oneDNN rescales it
     // straight to the output's scale s_out (and adds the bias, which it applies before that
     // rescale, hence b / (sx * sw[o])). Output: u8 after a ReLU, s8 without (a projection,
@@ -130,7 +130,8 @@ protected:  // Conv2d's forward_folded and forward_int8 check the BatchNorm's wi
         const dt rt = residual ? residual->get_desc().data_type() : dt::undef;
         Quant& p = quant_.get(x.get_desc(), Mode::inference, [] { return Quant{}; });
         const std::array<float, 3> sc{sx, sr, s_out};
-        if (!p.prim || p.versions != versions(bn) || p.scales != sc || p.res_t != rt || p.relu != relu)
+        if (!p.prim || p.versions != versions(bn) || p.scales != sc || p.res_t != rt || p.relu != relu ||
+            p.bits != be.int8_bits())
             p = make_int8(x.get_desc(), bn, relu, rt, sc);
         Backend::BufferPool::Hold keep_r(be.acts(), residual);  // the copy below must not land on it
         if (residual && residual_owned && residual->get_desc() == with_type(p.pd.dst_desc(), rt)) {
@@ -432,6 +433,7 @@ private:
         std::array<float, 3> scales{};  // input, residual, output
         dt res_t = dt::undef;
         bool relu = false;
+        int bits = 0;  // of the weights
     };
     // The scales are part of the primitive (static output scales let oneDNN pick its fastest
     // kernels), so a plan is rebuilt when they or the weights change: for a frozen layer, once.
@@ -445,7 +447,10 @@ private:
         std::vector<int8_t> wq(size_t(out_ * per));
         std::vector<float> oscale(out_);
         Tensor bq({out_});
-        const float levels = Backend::get().has_vnni() ? 127.f : 63.f;  // 255 x 63 x 2 fits an s16
+        const int bits = Backend::get().int8_bits();
+        check(bits == 7 || (bits == 8 && Backend::get().has_vnni()),
+              "int8 weights of " + std::to_string(bits) + " bits on this CPU (7, or 8 with VNNI)");
+        const float levels = bits == 8 ? 127.f : 63.f;  // 255 x 63 x 2 fits an s16
         for (int o = 0; o < out_; ++o) {
             float m = 0.f;
             for (int64_t i = 0; i < per; ++i) m = std::max(m, std::fabs(w[o * per + i]));
@@ -473,6 +478,7 @@ private:
         reorder(view(bq), q.bias);
         Backend::get().wait();  // wq dies here
         q.versions = versions(bn);
+        q.bits = bits;
         q.scales = sc;
         q.res_t = res_t;
         q.relu = relu;
