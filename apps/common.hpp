@@ -41,6 +41,7 @@ void with_model(const io::SafeTensors& file, F&& f) {
     // Evaluated as trained: a model whose frozen layers ran in bf16 (int8) runs them so again,
     // int8 with the activation scales calibrated in training.
     Backend::get().frozen_precision = precision_of(file.meta("frozen_precision", "f32"));
+    Backend::get().int8_weight_bits = 0;  // this CPU's, unless the file says 7 (below)
     // and with the conv algorithm it trained with (models from before --conv: direct)
     const std::string conv = file.meta("conv", "direct");
     check(conv == "winograd" || conv == "direct", file.path() + ": unknown conv algorithm '" + conv + "' in the metadata");
@@ -59,7 +60,7 @@ void with_model(const io::SafeTensors& file, F&& f) {
             // the weights' bits as trained (models from before this was recorded: this CPU's)
             const std::string bits = file.meta("int8_weight_bits", "-");
             check(bits == "-" || bits == "7" || bits == "8", file.path() + ": int8_weight_bits '" + bits + "' (7 or 8)");
-            if (bits == "7") Backend::get().int8_weight_bits = 7;
+            Backend::get().int8_weight_bits = bits == "7" ? 7 : 0;
             if (bits == "8" && !Backend::get().has_vnni())
                 std::fprintf(stderr,
                              "note: %s trained its int8 blocks with 8-bit weights (a CPU with VNNI); this CPU has no "

@@ -367,9 +367,16 @@ int main(int argc, char** argv) {
         if (const auto ckpt = fs::path(c.out) / "checkpoint.safetensors"; c.resume && fs::exists(ckpt)) {
             // The bits of an uninterrupted run need the same conv kernels (runs from before
             // --conv: direct). Checked before config.toml is rewritten, so a refusal changes nothing.
-            const std::string was = io::SafeTensors::open(ckpt.string()).meta("conv", "direct");
+            const auto file = io::SafeTensors::open(ckpt.string());
+            const std::string was = file.meta("conv", "direct");
             check(was == c.conv, ckpt.string() + ": the run trained with --conv " + was +
                                      "; resume it with the same (this call has --conv " + c.conv + ")");
+            // and its int8 blocks' weights: 7 bits run anywhere, 8 only with VNNI
+            const std::string bits = file.meta("int8_weight_bits", "-");
+            if (c.frozen_precision == "int8" && bits == "7") Backend::get().int8_weight_bits = 7;
+            check(c.frozen_precision != "int8" || bits != "8" || Backend::get().has_vnni(),
+                  ckpt.string() + ": the run's int8 blocks have 8-bit weights, which this CPU (no VNNI) cannot run "
+                                  "exactly; resume it on a CPU with VNNI");
         }
         Backend::get().frozen_precision = app::precision_of(c.frozen_precision);  // (refused before the rewrite too)
         Backend::get().train_precision = app::precision_of(c.precision);

@@ -107,32 +107,64 @@ grep -qx "augment=false" "$out/cached/config.toml" && grep -qx "flip=true" "$out
 cmp <(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1])))' "$out/cached/metrics.json") \
     <(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1])))' "$out/cached_eval.json")
 
-# The model file records its int8 weights' bits (8 with VNNI, 7 without); a model that had 8
-# runs 7 on a CPU without VNNI and says so, and one that had 7 runs 7 anywhere.
+# The model file records its int8 weights' bits (8 with VNNI, 7 without). A file that says 7
+# runs 7 anywhere; one that says 8 runs 7 without VNNI, with a note; anything else is refused.
+# Copies of best.safetensors and checkpoint.safetensors say 7, 8 or 9 (same header length).
 bits=$(sed -n 's/^int8: frozen blocks calibrated on 16 training images in .* s; \([78]\)-bit weights$/\1/p' "$out/cached.log")
 [ -n "$bits" ] || { echo "no weight bits in the int8 log"; cat "$out/cached.log"; exit 1; }
-other=$((15 - bits))
-/usr/bin/python3 - "$out/cached/best.safetensors" "$bits" "$other" "$out/other_bits.safetensors" <<'PY'
+mkdir "$out/bits"
+/usr/bin/python3 - "$out/cached" "$bits" "$out/bits" <<'PY'
 import json, re, struct, sys
-path, bits, other, to = sys.argv[1:]
-raw = open(path, "rb").read()
-n = struct.unpack("<Q", raw[:8])[0]
-header = raw[8:8 + n]
-assert json.loads(header)["__metadata__"]["int8_weight_bits"] == bits, header[:200]
-swapped, k = re.subn(rb'("int8_weight_bits"\s*:\s*")' + bits.encode() + b'"', rb"\g<1>" + other.encode() + b'"', header)
-assert k == 1 and len(swapped) == n
-open(to, "wb").write(raw[:8] + swapped + raw[8 + n:])
+run, bits, to = sys.argv[1:]
+for name in ("best", "checkpoint"):
+    raw = open(f"{run}/{name}.safetensors", "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = raw[8:8 + n]
+    assert json.loads(header)["__metadata__"]["int8_weight_bits"] == bits, header[:200]
+    for b in "789":
+        swapped, k = re.subn(rb'("int8_weight_bits"\s*:\s*")' + bits.encode() + b'"', rb"\g<1>" + b.encode() + b'"', header)
+        assert k == 1 and len(swapped) == n
+        open(f"{to}/{name}{b}.safetensors", "wb").write(raw[:8] + swapped + raw[8 + n:])
 PY
-"$build/apps/evaluate" --model "$out/other_bits.safetensors" --data "$shared/data/brain-tumor-mri/Training" \
-  --split "$out/cached/split.tsv" --json "$out/other_bits.json" > /dev/null 2> "$out/other_bits.err"
-if [ "$bits" = 7 ]; then  # trained here with 7; the file now says 8: run with 7 (as trained), noted
-  grep -qF "trained its int8 blocks with 8-bit weights (a CPU with VNNI); this CPU has no VNNI, so they run with 7-bit weights" "$out/other_bits.err" \
-    || { echo "no note on 8-bit weights without VNNI"; cat "$out/other_bits.err"; exit 1; }
+mapfile -t val < <(awk -F'\t' -v d="$shared/data/brain-tumor-mri/Training" '$3 == "val" {print d "/" $1}' "$out/cached/split.tsv" | head -4)
+[ ${#val[@]} = 4 ] || { echo "no validation files in split.tsv"; exit 1; }
+predict_json() {  # model -> probabilities of a few validation images
+  "$build/apps/predict" --model "$1" --json "${val[@]}" 2> "$out/bits/predict.err" || { cat "$out/bits/predict.err"; exit 1; }
+}
+p7=$(predict_json "$out/bits/best7.safetensors")
+p8=$(predict_json "$out/bits/best8.safetensors")
+grep -q "probabilities" <<< "$p7" || { echo "predict: $p7"; exit 1; }
+# Under AVX2 (as oneDNN is told to see any CPU) a file saying 8 runs 7, noted.
+ONEDNN_MAX_CPU_ISA=AVX2 "$build/apps/evaluate" --model "$out/bits/best8.safetensors" --data "$shared/data/brain-tumor-mri/Training" \
+  --split "$out/cached/split.tsv" --json "$out/bits/eval8.json" > /dev/null 2> "$out/bits/eval8.err" \
+  || { cat "$out/bits/eval8.err"; exit 1; }
+grep -qF "trained its int8 blocks with 8-bit weights (a CPU with VNNI); this CPU has no VNNI, so they run with 7-bit weights" "$out/bits/eval8.err" \
+  || { echo "no note on 8-bit weights without VNNI"; cat "$out/bits/eval8.err"; exit 1; }
+if [ "$bits" = 7 ]; then  # no VNNI here: both files run 7, as the run trained
+  [ "$p7" = "$p8" ] || { echo "7 and 8 differ without VNNI"; exit 1; }
   cmp <(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1])))' "$out/cached/metrics.json") \
-      <(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1])))' "$out/other_bits.json")
-else  # trained with 8 (VNNI); the file now says 7: runs, with no note
-  [ ! -s "$out/other_bits.err" ] || { cat "$out/other_bits.err"; exit 1; }
+      <(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1])))' "$out/bits/eval8.json")
+else  # VNNI: the file saying 7 runs other weights than the one saying 8
+  [ "$p7" != "$p8" ] || { echo "a file saying 7 ran as 8 with VNNI"; exit 1; }
 fi
+rc5=0
+"$build/apps/evaluate" --model "$out/bits/best9.safetensors" --data "$shared/data/brain-tumor-mri/Training" \
+  --split "$out/cached/split.tsv" > /dev/null 2> "$out/bits/eval9.err" || rc5=$?
+[ $rc5 = 1 ] && grep -qF "best9.safetensors: int8_weight_bits '9' (7 or 8)" "$out/bits/eval9.err" \
+  || { echo "evaluate with 9 bits: exit $rc5"; cat "$out/bits/eval9.err"; exit 1; }
+# A resume keeps the run's bits: 7 anywhere; 8 refused without VNNI (AVX2 as oneDNN sees it).
+cp -r "$out/cached" "$out/resumed"
+cp "$out/bits/checkpoint8.safetensors" "$out/resumed/checkpoint.safetensors"
+rc6=0
+ONEDNN_MAX_CPU_ISA=AVX2 "$build/apps/train_cpu" "${common[@]}" --out "$out/resumed" --no-augment --frozen-precision int8 \
+  --calibration-images 16 --resume > /dev/null 2> "$out/bits/resume8.err" || rc6=$?
+[ $rc6 = 1 ] && grep -qF "checkpoint.safetensors: the run's int8 blocks have 8-bit weights, which this CPU (no VNNI) cannot run exactly" "$out/bits/resume8.err" \
+  || { echo "resume of an 8-bit run under AVX2: exit $rc6"; cat "$out/bits/resume8.err"; exit 1; }
+cp "$out/bits/checkpoint7.safetensors" "$out/resumed/checkpoint.safetensors"
+"$build/apps/train_cpu" "${common[@]}" --out "$out/resumed" --no-augment --frozen-precision int8 --calibration-images 16 \
+  --epochs2 2 --resume > "$out/bits/resume7.log"
+grep -q "^int8: frozen blocks calibrated on 16 training images in .* s; 7-bit weights$" "$out/bits/resume7.log" \
+  || { cat "$out/bits/resume7.log"; exit 1; }
 
 # bf16 on a CPU without AVX-512 (as oneDNN is told to see this one) is refused up front.
 rc4=0

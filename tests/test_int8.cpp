@@ -171,8 +171,6 @@ TEST_CASE("int8 weights have the bits Backend::int8_weight_bits asks for: 7 anyw
         CHECK(out() == doctest::Approx((2 + 31 * 2 / 127.0) * fold).epsilon(0.015));  // each 0.006 is 1/127
     else
         CHECK_THROWS_WITH_AS(out(), "tlcpu: int8 weights of 8 bits on this CPU (7, or 8 with VNNI)", Error);
-    be.int8_weight_bits = 0;
-    CHECK(be.int8_bits() == (be.has_vnni() ? 8 : 7));
 }
 
 TEST_CASE("int8 ranges travel as text, and a wrong list is refused") {
