@@ -146,9 +146,10 @@ public:
         return has;
     }
     // Bits of an int8 conv's weights (max |w| / 127 or / 63): 0 means this CPU's own, 8 with
-    // VNNI and 7 without. A model file records what it trained with, and evaluate sets 7 where
-    // the model had 7, so a model trained without VNNI runs the same weights on a CPU with it
-    // (8 cannot run exactly without VNNI: apps/common.hpp says so and runs 7).
+    // VNNI and 7 without. A model file (and a checkpoint) records what it trained with;
+    // evaluate, predict and train_cpu --resume set 7 where it had 7, so a model trained without
+    // VNNI runs the same weights on a CPU with it (8 cannot run exactly without VNNI:
+    // evaluate and predict say so and run 7, a resume is refused).
     int int8_weight_bits = 0;
     int int8_bits() const { return int8_weight_bits ? int8_weight_bits : has_vnni() ? 8 : 7; }
     // Set during an int8 calibration pass: frozen blocks run in f32 and record the largest
