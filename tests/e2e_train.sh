@@ -10,6 +10,10 @@ common=(--data "$shared/data/brain-tumor-mri/Training"
         --weights "$shared/weights/resnet50-imagenet-caffe-partial.safetensors"
         --max-per-class 12 --size 96 --batch 8 --epochs1 1 --epochs2 1)
 args=("${common[@]}" --out "$out/run")
+same_json() {  # two JSON files hold the same document
+  cmp <(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1])))' "$1") \
+      <(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1])))' "$2")
+}
 "$build/apps/train_cpu" "${args[@]}" > "$out/train.log"
 for f in config.toml split.tsv history.csv best.safetensors checkpoint.safetensors metrics.json report.html; do
   [ -s "$out/run/$f" ] || { echo "missing or empty: $f"; cat "$out/train.log"; exit 1; }
@@ -104,8 +108,7 @@ grep -q "feature cache: the frozen prefix's output (2 MB)" "$out/cached.log" || 
 grep -qx "augment=false" "$out/cached/config.toml" && grep -qx "flip=true" "$out/cached/config.toml"
 "$build/apps/evaluate" --model "$out/cached/best.safetensors" --data "$shared/data/brain-tumor-mri/Training" \
   --split "$out/cached/split.tsv" --json "$out/cached_eval.json" > /dev/null
-cmp <(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1])))' "$out/cached/metrics.json") \
-    <(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1])))' "$out/cached_eval.json")
+same_json "$out/cached/metrics.json" "$out/cached_eval.json"
 
 # The model file records its int8 weights' bits (8 with VNNI, 7 without). A file that says 7
 # runs 7 anywhere; one that says 8 runs 7 without VNNI, with a note; anything else is refused.
@@ -142,8 +145,7 @@ grep -qF "trained its int8 blocks with 8-bit weights (a CPU with VNNI); this CPU
   || { echo "no note on 8-bit weights without VNNI"; cat "$out/bits/eval8.err"; exit 1; }
 if [ "$bits" = 7 ]; then  # no VNNI here: both files run 7, as the run trained
   [ "$p7" = "$p8" ] || { echo "7 and 8 differ without VNNI"; exit 1; }
-  cmp <(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1])))' "$out/cached/metrics.json") \
-      <(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1])))' "$out/bits/eval8.json")
+  same_json "$out/cached/metrics.json" "$out/bits/eval8.json"
 else  # VNNI: the file saying 7 runs other weights than the one saying 8
   [ "$p7" != "$p8" ] || { echo "a file saying 7 ran as 8 with VNNI"; exit 1; }
 fi
