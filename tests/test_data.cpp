@@ -6,7 +6,6 @@
 #include <stb_image_write.h>
 #include <unistd.h>
 
-#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -792,33 +791,6 @@ TEST_CASE("preprocessing: caffe and torch on known pixels, identity path equals 
         preprocess(Image{S, S, warped(im, AffineDraw{.flip = true})}, mode, ref.data());
         CHECK(out == ref);
     }
-}
-
-TEST_CASE("augment: throughput of augment_preprocess at 224x224 on one thread") {
-    const int size = 224;
-    Bytes im(size_t(size) * size * 3);
-    for (size_t i = 0; i < im.size(); ++i) im[i] = uint8_t((i * 2654435761u) >> 24);
-    std::vector<float> out(3 * size_t(size) * size);
-    const AugmentOptions o{
-        .rotation = 15, .width_shift = 0.1f, .height_shift = 0.1f, .zoom = 0.1f, .horizontal_flip = true};
-    auto rate = [&](bool augment) {  // best of 5 runs of 100: the machine may be busy
-        double best = 1e30, sink = 0;
-        for (int rep = 0; rep < 5; ++rep) {
-            const auto t0 = std::chrono::steady_clock::now();
-            for (int i = 0; i < 100; ++i) {
-                const AffineDraw d = augment ? draw(o, 1, uint64_t(rep), uint64_t(i)) : AffineDraw{};
-                augment_preprocess(im.data(), size, d, Preprocess::caffe, keras_caffe_mean_bgr, out.data());
-                sink += out[size_t(i) * 1021 % out.size()];
-            }
-            best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-        }
-        CHECK(std::isfinite(sink));
-        return 100 / best;
-    };
-    const double warp_rate = rate(true), straight_rate = rate(false);
-    MESSAGE("augment_preprocess 224x224, one thread: " << int(warp_rate) << " images/s warped, "
-                                                        << int(straight_rate) << " images/s identity");
-    CHECK(warp_rate > 250);  // a floor for a loaded machine; an idle core does several times this
 }
 
 // ---------------------------------------------------------------------------------------
