@@ -34,6 +34,15 @@ inline dt precision_of(const std::string& s) {
 // Builds the network a train_cpu model file describes (layout, depth, classes, head eps),
 // loads every tensor of it and calls f(net). Layout and depth are template parameters, so
 // each of the four combinations is its own type.
+// The bits of a model's int8 weights as trained: 7 or 8, 0 when not recorded (a model from
+// before they were, or one without int8 blocks). train_cpu writes only 7 or 8, so anything
+// else is a damaged file, refused by name.
+inline int int8_bits_of(const io::SafeTensors& file) {
+    const std::string bits = file.meta("int8_weight_bits", "-");
+    check(bits == "-" || bits == "7" || bits == "8", file.path() + ": int8_weight_bits '" + bits + "' (7 or 8)");
+    return bits == "-" ? 0 : bits[0] - '0';
+}
+
 template <class F>
 void with_model(const io::SafeTensors& file, F&& f) {
     const auto classes = split_list(file.meta("classes"));
@@ -58,10 +67,9 @@ void with_model(const io::SafeTensors& file, F&& f) {
                 fail(file.path() + ": " + std::string(e.what()).substr(std::string_view("tlcpu: ").size()));
             }
             // the weights' bits as trained (models from before this was recorded: this CPU's)
-            const std::string bits = file.meta("int8_weight_bits", "-");
-            check(bits == "-" || bits == "7" || bits == "8", file.path() + ": int8_weight_bits '" + bits + "' (7 or 8)");
-            Backend::get().int8_weight_bits = bits == "7" ? 7 : 0;
-            if (bits == "8" && !Backend::get().has_vnni())
+            const int bits = int8_bits_of(file);
+            Backend::get().int8_weight_bits = bits == 7 ? 7 : 0;
+            if (bits == 8 && !Backend::get().has_vnni())
                 std::fprintf(stderr,
                              "note: %s trained its int8 blocks with 8-bit weights (a CPU with VNNI); this CPU has no "
                              "VNNI, so they run with 7-bit weights and results can differ slightly from training's\n",

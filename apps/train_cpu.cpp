@@ -372,9 +372,9 @@ int main(int argc, char** argv) {
             check(was == c.conv, ckpt.string() + ": the run trained with --conv " + was +
                                      "; resume it with the same (this call has --conv " + c.conv + ")");
             // and its int8 blocks' weights: 7 bits run anywhere, 8 only with VNNI
-            const std::string bits = file.meta("int8_weight_bits", "-");
-            if (c.frozen_precision == "int8" && bits == "7") Backend::get().int8_weight_bits = 7;
-            check(c.frozen_precision != "int8" || bits != "8" || Backend::get().has_vnni(),
+            const int bits = app::int8_bits_of(file);
+            if (c.frozen_precision == "int8" && bits == 7) Backend::get().int8_weight_bits = 7;
+            check(c.frozen_precision != "int8" || bits != 8 || Backend::get().has_vnni(),
                   ckpt.string() + ": the run's int8 blocks have 8-bit weights, which this CPU (no VNNI) cannot run "
                                   "exactly; resume it on a CPU with VNNI");
         }

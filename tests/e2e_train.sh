@@ -154,7 +154,8 @@ rc5=0
   --split "$out/cached/split.tsv" > /dev/null 2> "$out/bits/eval9.err" || rc5=$?
 [ $rc5 = 1 ] && grep -qF "best9.safetensors: int8_weight_bits '9' (7 or 8)" "$out/bits/eval9.err" \
   || { echo "evaluate with 9 bits: exit $rc5"; cat "$out/bits/eval9.err"; exit 1; }
-# A resume keeps the run's bits: 7 anywhere; 8 refused without VNNI (AVX2 as oneDNN sees it).
+# A resume keeps the run's bits: 7 anywhere; 8 refused without VNNI (AVX2 as oneDNN sees it);
+# 9 refused as in evaluate.
 cp -r "$out/cached" "$out/resumed"
 cp "$out/bits/checkpoint8.safetensors" "$out/resumed/checkpoint.safetensors"
 rc6=0
@@ -162,6 +163,12 @@ ONEDNN_MAX_CPU_ISA=AVX2 "$build/apps/train_cpu" "${common[@]}" --out "$out/resum
   --calibration-images 16 --resume > /dev/null 2> "$out/bits/resume8.err" || rc6=$?
 [ $rc6 = 1 ] && grep -qF "checkpoint.safetensors: the run's int8 blocks have 8-bit weights, which this CPU (no VNNI) cannot run exactly" "$out/bits/resume8.err" \
   || { echo "resume of an 8-bit run under AVX2: exit $rc6"; cat "$out/bits/resume8.err"; exit 1; }
+cp "$out/bits/checkpoint9.safetensors" "$out/resumed/checkpoint.safetensors"
+rc7=0
+"$build/apps/train_cpu" "${common[@]}" --out "$out/resumed" --no-augment --frozen-precision int8 \
+  --calibration-images 16 --resume > /dev/null 2> "$out/bits/resume9.err" || rc7=$?
+[ $rc7 = 1 ] && grep -qF "checkpoint.safetensors: int8_weight_bits '9' (7 or 8)" "$out/bits/resume9.err" \
+  || { echo "resume with 9 bits: exit $rc7"; cat "$out/bits/resume9.err"; exit 1; }
 cp "$out/bits/checkpoint7.safetensors" "$out/resumed/checkpoint.safetensors"
 "$build/apps/train_cpu" "${common[@]}" --out "$out/resumed" --no-augment --frozen-precision int8 --calibration-images 16 \
   --epochs2 2 --resume > "$out/bits/resume7.log"
