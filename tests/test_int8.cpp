@@ -65,6 +65,7 @@ TEST_CASE("int8 frozen blocks: calibrated, close to f32, repeatable, trainable l
         CHECK(b.act_max[0] > 0);
         CHECK(b.act_max[4] > 0);
         CHECK((b.act_max[3] > 0) == std::remove_cvref_t<decltype(b)>::has_projection);
+        CHECK(b.conv2.folded_kernel().empty());  // the pass's f32 folded plans released
     });
     // ... and leaves the precision and the conv algorithm (direct during the pass) as they were.
     CHECK(Backend::get().frozen_precision == dt::s8);

@@ -72,6 +72,12 @@ public:
         return k;
     }
     std::string folded_kernel() const { return last_folded_ ? last_folded_->pd.impl_info_str() : ""; }
+    // Releases the folded plans and their weight copies (remade when next needed): int8
+    // calibration's f32 pass leaves them behind in blocks that then run int8 or train.
+    void drop_folded() {
+        folded_.clear();
+        last_folded_ = nullptr;
+    }
 
 protected:  // Conv2d's forward_folded and forward_int8 check the BatchNorm's width first
     // Inference with the BatchNorm that follows folded into the weights and a bias,

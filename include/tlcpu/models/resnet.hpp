@@ -117,6 +117,10 @@ public:
         out_ = relu3.forward(add.forward(main, *shortcut), m);
         return out_;
     }
+    void drop_folded() {
+        conv1.drop_folded(), conv2.drop_folded(), conv3.drop_folded();
+        if constexpr (has_projection) down_conv.drop_folded();
+    }
     // A handle, not a pointer: it keeps the buffer alive even if its plan is evicted.
     const dnnl::memory& output() const { return out_; }
     bool input_is_scratch = false;  // set by Stage: x is an earlier block's output of this call
