@@ -98,6 +98,70 @@ TEST_CASE("bf16 frozen blocks stay close to f32 and leave trainable layers in f3
     CHECK(max_rel_diff(g_f32, g_bf) > 0);
 }
 
+// f32 on AVX2 computes small 3x3 convs' weight gradients as a matmul over im2col rows read
+// from nChw8c activations (Conv2d::make_backward); whichever path runs, the gradient is the
+// double-precision sum to f32 rounding, and repeats bit for bit.
+TEST_CASE("f32 weight gradients, by oneDNN's conv kernel or a matmul, equal a double-precision sum") {
+    struct Guard {
+        bool winograd = Backend::get().winograd;
+        ~Guard() { Backend::get().winograd = winograd; }
+    } guard;
+    Backend::get().winograd = false;  // the direct conv's passes (Winograd's rounding is its own test)
+    const bool avx2 = dnnl::get_effective_cpu_isa() == dnnl::cpu_isa::avx2;
+    auto check_conv = [&](auto& conv, int h, bool matmul) {
+        using C = std::remove_reference_t<decltype(conv)>;
+        constexpr int K = C::kernel, S = C::stride, P = C::padding, I = C::in_channels, O = C::out_channels;
+        CAPTURE(K);
+        CAPTURE(S);
+        CAPTURE(h);
+        init_he_normal(conv.weight.value, 1, 5);
+        conv.weight.touch();
+        const int w = h + 2, oh = int(conv_out(h, K, S, P)), ow = int(conv_out(w, K, S, P));  // h x (h + 2)
+        Tensor x({3, I, h, w}), dy({3, O, oh, ow});
+        for (int64_t i = 0; i < x.size(); ++i) x[i] = normal01(6, 0, uint64_t(i));
+        for (int64_t i = 0; i < dy.size(); ++i) dy[i] = normal01(7, 0, uint64_t(i));
+        auto grad = [&] {
+            conv.forward(view(x), Mode::training);
+            conv.backward(view(dy), false);
+            return conv.weight.grad;
+        };
+        const Tensor g = grad(), again = grad();
+        CHECK(std::memcmp(g.data(), again.data(), g.bytes()) == 0);
+        const bool ran = conv.kernels().find("backward-weights matmul") != std::string::npos;
+        CAPTURE(conv.kernels());
+        if (avx2) CHECK(ran == matmul);
+        else CHECK_FALSE(ran);  // measured on AVX2 only: elsewhere oneDNN's kernel
+        double e = 0, r = 0;
+        for (int o = 0; o < O; ++o)
+            for (int i = 0; i < I; ++i)
+                for (int ky = 0; ky < K; ++ky)
+                    for (int kx = 0; kx < K; ++kx) {
+                        double sum = 0;
+                        for (int n = 0; n < 3; ++n)
+                            for (int y = 0; y < oh; ++y)
+                                for (int z = 0; z < ow; ++z) {
+                                    const int iy = y * S - P + ky, ix = z * S - P + kx;
+                                    if (iy < 0 || iy >= h || ix < 0 || ix >= w) continue;
+                                    sum += double(dy[((int64_t(n) * O + o) * oh + y) * ow + z]) *
+                                           x[((int64_t(n) * I + i) * h + iy) * w + ix];
+                                }
+                        const double got = g[((int64_t(o) * I + i) * K + ky) * K + kx];
+                        e += (got - sum) * (got - sum), r += sum * sum;
+                    }
+        CAPTURE(std::sqrt(e / r));
+        CHECK(std::sqrt(e / r) < 1e-6);
+    };
+    Conv2d<24, 40, 3, 1, 1> c3;
+    check_conv(c3, 15, false);  // 15 x 17 out: oneDNN's kernel
+    check_conv(c3, 5, true);    // 5 x 7 out: the matmul
+    Conv2d<24, 40, 3, 2, 1> c3s2;
+    check_conv(c3s2, 15, true);  // strided
+    Conv2d<24, 40, 1> c1;
+    check_conv(c1, 5, false);  // f32 1x1s keep oneDNN's kernel
+    Conv2d<20, 40, 3, 1, 1> c20;
+    check_conv(c20, 5, false);  // 20 channels are not whole blocks of 8
+}
+
 TEST_CASE("bf16 trainable convolutions: close to f32, f32 weight gradients, repeatable") {
     struct Guard {
         ~Guard() { Backend::get().train_precision = dt::f32; }

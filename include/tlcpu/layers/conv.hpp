@@ -181,13 +181,20 @@ public:
             g_w = converted(b.mm_dy);
             const auto& eng = be.engine();
             void* cols = p.src.get_data_handle();  // a 1x1 stride-1 conv reads its input's rows as they are
-            if (k_ != 1 || s_ != 1) {
-                cols = be.column_buffer(b.mpd.weights_desc().get_size());
-                im2col(p.src, static_cast<uint16_t*>(cols), b.mm_dy.dims());
+            Backend::BufferPool::Hold keep_g(pool, &g_w);  // the column buffer must not land on it
+            if (p.precision == dt::bf16 && (k_ != 1 || s_ != 1)) {
+                cols = be.column_buffer(b.col.get_size());
+                im2col(p.src, static_cast<uint16_t*>(cols), b.mm_dy.dims(), b.col_block);
+            } else if (k_ != 1 || s_ != 1) {  // f32: a gradient buffer, free again for the passes below
+                cols = pool.take(b.col, &dy).get_data_handle();
+                im2col(p.src, static_cast<float*>(cols), b.mm_dy.dims(), b.col_block);
             }
-            // a 1x1 conv's [Out][In] gradient is the plain one; a KxK conv's comes out [Out][K][K][In]
+            // a 1x1 conv's [Out][In] gradient is the plain one; a KxK conv's comes out
+            // [Out][K][K][In] (bf16) or [K][K][In][Out] (f32)
             const dnnl::memory dw = k_ == 1 ? view(grad_of(weight)) : be.weight_grad_buffer(b.mm_dw);
-            be.run(b.mprim, {{DNNL_ARG_SRC, dnnl::memory(b.mpd.src_desc(), eng, g_w.get_data_handle())},
+            void* a = g_w.get_data_handle();
+            if (b.col_first) std::swap(a, cols);
+            be.run(b.mprim, {{DNNL_ARG_SRC, dnnl::memory(b.mpd.src_desc(), eng, a)},
                              {DNNL_ARG_WEIGHTS, dnnl::memory(b.mpd.weights_desc(), eng, cols)},
                              {DNNL_ARG_DST, dnnl::memory(b.mpd.dst_desc(), eng, dw.get_data_handle())}});
             if (k_ != 1) reorder(dw, view(grad_of(weight)));
@@ -222,12 +229,15 @@ private:
         dnnl::convolution_backward_data::primitive_desc dpd;
         dnnl::convolution_backward_data dprim;
         dnnl::memory weights, diff_src, src;  // weights: backward-data's layout; diff_src: a GradPool buffer
-        // bf16 convs with a matmul backward-weights (make_backward): its primitive (empty: the
-        // conv primitive above computes it; else that one is never made), dy as it reads it, a
-        // KxK conv's [Out][K][K][In] result
+        // convs with a matmul backward-weights (make_backward): its primitive (empty: the conv
+        // primitive above computes it; else that one is never made), dy as it reads it, a KxK
+        // conv's result ([Out][K][K][In] in bf16, [K][K][In][Out] in f32), the column buffer's
+        // shape and the input's channel block (im2col)
         dnnl::matmul::primitive_desc mpd;
         dnnl::matmul mprim;
-        dnnl::memory::desc mm_dy, mm_dw;
+        dnnl::memory::desc mm_dy, mm_dw, col;
+        int col_block = 0;
+        bool col_first = false;  // f32: dW^T = col^T x dy (the matmul's A is the column buffer)
         uint64_t weight_version = 0;
         bool shares_weights = false;  // backward-data reads the forward's copy (same layout: Winograd's)
     };
@@ -273,24 +283,29 @@ private:
         return PD(desc(dnnl::algorithm::convolution_direct), attr, eng, hint...);
     }
 
-    // The rows of the weight-gradient matmul for NHWC bf16 x and an output of size out:
-    // col[n][oy][ox][ky][kx][i] = x[n][oy*S-P+ky][ox*S-P+kx][i], zero in the padding.
-    void im2col(const dnnl::memory& from, uint16_t* col, const dims& out) {
+    // The rows of the weight-gradient matmul for x and an output of size out,
+    // col[n][oy][ox][ky][kx][i] = x[n][i][oy*S-P+ky][ox*S-P+kx], zero in the padding, x being
+    // NHWC (blk = In) or in blocks of blk channels (nChw8c: blk = 8).
+    template <class T>
+    void im2col(const dnnl::memory& from, T* col, const dims& out, int blk) {
         const dims d = from.get_desc().dims();
+        const int64_t plane = d[2] * d[3] * blk;  // one channel block to the next
         Backend::get().wait();
-        const auto* x = static_cast<const uint16_t*>(from.get_data_handle());
+        const auto* x = static_cast<const T*>(from.get_data_handle());
 #pragma omp parallel for
         for (int64_t r = 0; r < out[0] * out[2]; ++r) {
             const int64_t n = r / out[2], oy = r % out[2];
             for (int64_t ox = 0; ox < out[3]; ++ox)
                 for (int ky = 0; ky < k_; ++ky)
                     for (int kx = 0; kx < k_; ++kx) {
-                        uint16_t* to = col + (((r * out[3] + ox) * k_ + ky) * k_ + kx) * in_;
+                        T* to = col + (((r * out[3] + ox) * k_ + ky) * k_ + kx) * in_;
                         const int64_t iy = oy * s_ - p_ + ky, ix = ox * s_ - p_ + kx;
-                        if (iy < 0 || iy >= d[2] || ix < 0 || ix >= d[3])
-                            std::memset(to, 0, in_ * sizeof(uint16_t));
-                        else
-                            std::memcpy(to, x + ((n * d[2] + iy) * d[3] + ix) * in_, in_ * sizeof(uint16_t));
+                        if (iy < 0 || iy >= d[2] || ix < 0 || ix >= d[3]) {
+                            std::memset(to, 0, in_ * sizeof(T));
+                            continue;
+                        }
+                        const T* at = x + ((n * (in_ / blk) * d[2] + iy) * d[3] + ix) * blk;
+                        for (int c = 0; c < in_; c += blk) std::memcpy(to + c, at + c / blk * plane, blk * sizeof(T));
                     }
         }
     }
@@ -313,19 +328,43 @@ private:
         // 3x3 convs take the matmul only when strided or at most 7x7 out (other kernel sizes,
         // such as the 7x7 stem with its 3 channels, were slower as matmuls). A column buffer
         // (im2col) is at most 32 MiB.
+        // f32 on AVX2 (activations nChw8c): oneDNN's 3x3 backward-weights kernel (jit:avx2) is
+        // the slowest conv pass there, and the same matmul (im2col reading channel blocks, dy
+        // reordered to NHWC) beats it on small images. Measured at batch 32, 2 threads (conv
+        // kernel -> matmul, ms, reorders and im2col included): 3x3 512 @7 100.7 -> 62.7,
+        // 512 @14 stride 2 161.9 -> 96.4, 256 @14 109.7 -> 107.5, 128 @28 94.5 -> 79.5 (col
+        // 115 MB, over the cap); oneDNN's 1x1 kernel was as fast or faster (2048->512 @7 25.7 ->
+        // 28.1, 256->1024 @14 29.8 -> 60.2), so f32 takes the matmul for 3x3 convs only, by the
+        // same rule. (AVX-512 f32 activations are nChw16c: not measured there, not taken.)
         const int64_t pixels = dst[0] * dst[2] * dst[3], kk = int64_t(k_) * k_ * in_;
-        const bool wanted = k_ == 1 ? p_ == 0 : k_ == 3 && (s_ > 1 || dst[2] * dst[3] <= 49);
-        const bool fits = (k_ == 1 && s_ == 1) || pixels * kk * 2 <= (int64_t(32) << 20);
-        if (t == dt::bf16 && !has_bias_ && wanted && fits && p.pd.src_desc() == dnnl::memory::desc(src, t, tag::acdb)) {
-            const dnnl::matmul::desc md(dnnl::memory::desc({out_, pixels}, t, dims{1, out_}),
-                                        dnnl::memory::desc({pixels, kk}, t, dims{kk, 1}),
-                                        dnnl::memory::desc({out_, kk}, dt::f32, tag::ab));
+        const bool wanted = k_ == 1 ? p_ == 0 && t == dt::bf16 : k_ == 3 && (s_ > 1 || dst[2] * dst[3] <= 49);
+        const bool fits = (k_ == 1 && s_ == 1) || pixels * kk * int64_t(dnnl::memory::data_type_size(t)) <= (int64_t(32) << 20);
+        const dnnl::memory::desc& x = p.pd.src_desc();
+        const int blk = t == dt::bf16 && x == dnnl::memory::desc(src, t, tag::acdb)                   ? in_
+                        : t == dt::f32 && in_ % 8 == 0 && x == dnnl::memory::desc(src, t, tag::aBcd8b) ? 8
+                                                                                                     : 0;
+        // f32 multiplies the other way round, dW^T[K*K*In][Out] = col^T x dy: oneDNN's f32 gemm
+        // then packs less (alone: 13 MB instead of 31, as fast), and its column buffer is a
+        // gradient-pool buffer, which the passes after it reuse. Peak RSS at batch 32: phase2_b32
+        // 834 -> 867 MB, full_b32 3,724 -> 3,768 (PyTorch's: ~990 and 3,841-3,898); dy^T x col
+        // in a buffer of its own had cost 76-87 MB. phase2_b32 10.7 -> 11.0 img/s (medians of 4
+        // alternating runs; the machine's noise is about as large).
+        if (blk && !has_bias_ && wanted && fits) {
+            const bool col_first = t == dt::f32;
+            const dnnl::memory::desc dy_t({out_, pixels}, t, dims{1, out_}), col({pixels, kk}, t, dims{kk, 1});
+            const dnnl::matmul::desc md = col_first ? dnnl::matmul::desc(dnnl::memory::desc({kk, pixels}, t, dims{1, kk}),
+                                                                         dnnl::memory::desc({pixels, out_}, t, dims{out_, 1}),
+                                                                         dnnl::memory::desc({kk, out_}, dt::f32, tag::ab))
+                                                    : dnnl::matmul::desc(dy_t, col, dnnl::memory::desc({out_, kk}, dt::f32, tag::ab));
             dnnl::matmul::primitive_desc mpd(md, Backend::attr(), eng, /*allow_empty=*/true);
             if (mpd && std::string(mpd.impl_info_str()).rfind("ref", 0) != 0) {  // not the reference loop
                 b.mpd = mpd;
                 b.mprim = dnnl::matmul(mpd);
                 b.mm_dy = dnnl::memory::desc(dst, t, tag::acdb);
-                b.mm_dw = dnnl::memory::desc(wei, dt::f32, tag::acdb);
+                b.mm_dw = dnnl::memory::desc(wei, dt::f32, col_first ? tag::cdba : tag::acdb);
+                b.col = col;
+                b.col_block = blk;
+                b.col_first = col_first;
             }
         }
         if (!b.mprim) {  // the forward's algorithm, as long as oneDNN has it for the backward pass too
