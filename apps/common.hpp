@@ -31,9 +31,6 @@ inline dt precision_of(const std::string& s) {
     fail("unknown frozen precision '" + s + "' (f32, bf16 or int8)");
 }
 
-// Builds the network a train_cpu model file describes (layout, depth, classes, head eps),
-// loads every tensor of it and calls f(net). Layout and depth are template parameters, so
-// each of the four combinations is its own type.
 // The bits of a model's int8 weights as trained: 7 or 8, 0 when not recorded (a model from
 // before they were, or one without int8 blocks). train_cpu writes only 7 or 8, so anything
 // else is a damaged file, refused by name.
@@ -43,6 +40,9 @@ inline int int8_bits_of(const io::SafeTensors& file) {
     return bits == "-" ? 0 : bits[0] - '0';
 }
 
+// Builds the network a train_cpu model file describes (layout, depth, classes, head eps),
+// loads every tensor of it and calls f(net). Layout and depth are template parameters, so
+// each of the four combinations is its own type.
 template <class F>
 void with_model(const io::SafeTensors& file, F&& f) {
     const auto classes = split_list(file.meta("classes"));

@@ -38,6 +38,45 @@ float bf16_round(float f) {
     return std::bit_cast<float>(u & 0xFFFF0000u);
 }
 
+// A random problem for conv on n images of h x (h + 2) (rows and columns must not be swapped
+// anywhere): weights from seed, the input x from seed + 1, the output gradient dy from seed + 2.
+template <class C>
+std::pair<Tensor, Tensor> conv_problem(C& conv, int n, int h, uint64_t seed) {
+    constexpr int K = C::kernel, S = C::stride, P = C::padding;
+    init_he_normal(conv.weight.value, 1, seed);
+    conv.weight.touch();
+    const int w = h + 2;
+    Tensor x({n, C::in_channels, h, w}), dy({n, C::out_channels, conv_out(h, K, S, P), conv_out(w, K, S, P)});
+    for (int64_t i = 0; i < x.size(); ++i) x[i] = normal01(seed + 1, 0, uint64_t(i));
+    for (int64_t i = 0; i < dy.size(); ++i) dy[i] = normal01(seed + 2, 0, uint64_t(i));
+    return {x, dy};
+}
+
+// A conv's weight gradient [O][I][K][K] as a double-precision sum over the batch, x and dy
+// NCHW, each value passed through q first (bf16_round, or as it is).
+template <class Round>
+std::vector<double> weight_grad_sum(const Tensor& x, const Tensor& dy, int K, int S, int P, Round q) {
+    const int N = int(x.shape()[0]), I = int(x.shape()[1]), h = int(x.shape()[2]), w = int(x.shape()[3]);
+    const int O = int(dy.shape()[1]), oh = int(dy.shape()[2]), ow = int(dy.shape()[3]);
+    std::vector<double> g(size_t(O) * I * K * K);
+    for (int o = 0; o < O; ++o)
+        for (int i = 0; i < I; ++i)
+            for (int ky = 0; ky < K; ++ky)
+                for (int kx = 0; kx < K; ++kx) {
+                    double sum = 0;
+                    for (int n = 0; n < N; ++n)
+                        for (int y = 0; y < oh; ++y)
+                            for (int z = 0; z < ow; ++z) {
+                                const int iy = y * S - P + ky, ix = z * S - P + kx;
+                                if (iy < 0 || iy >= h || ix < 0 || ix >= w) continue;
+                                sum += double(q(dy[((int64_t(n) * O + o) * oh + y) * ow + z])) *
+                                       q(x[((int64_t(n) * I + i) * h + iy) * w + ix]);
+                            }
+                    g[((size_t(o) * I + i) * K + ky) * K + kx] = sum;
+                }
+    return g;
+}
+
 struct PrecisionGuard {
     ~PrecisionGuard() { Backend::get().frozen_precision = dt::f32; }
 };
@@ -98,9 +137,9 @@ TEST_CASE("bf16 frozen blocks stay close to f32 and leave trainable layers in f3
     CHECK(max_rel_diff(g_f32, g_bf) > 0);
 }
 
-// f32 on AVX2 computes small 3x3 convs' weight gradients as a matmul over im2col rows read
-// from nChw8c activations (Conv2d::make_backward); whichever path runs, the gradient is the
-// double-precision sum to f32 rounding, and repeats bit for bit.
+// f32 computes small 3x3 convs' weight gradients as a matmul over im2col rows where the
+// activations are nChw8c (AVX2's layout; Conv2d::make_backward); whichever path runs, the
+// weight and input gradients are double-precision sums to f32 rounding, and repeat bit for bit.
 TEST_CASE("f32 weight gradients, by oneDNN's conv kernel or a matmul, equal a double-precision sum") {
     struct Guard {
         bool winograd = Backend::get().winograd;
@@ -108,48 +147,58 @@ TEST_CASE("f32 weight gradients, by oneDNN's conv kernel or a matmul, equal a do
     } guard;
     Backend::get().winograd = false;  // the direct conv's passes (Winograd's rounding is its own test)
     const bool avx2 = dnnl::get_effective_cpu_isa() == dnnl::cpu_isa::avx2;
+    auto rel = [](const Tensor& got, const std::vector<double>& want) {
+        double e = 0, r = 0;
+        for (size_t i = 0; i < want.size(); ++i) {
+            const double d = got[int64_t(i)] - want[i];
+            e += d * d, r += want[i] * want[i];
+        }
+        return std::sqrt(e / r);
+    };
     auto check_conv = [&](auto& conv, int h, bool matmul) {
         using C = std::remove_reference_t<decltype(conv)>;
         constexpr int K = C::kernel, S = C::stride, P = C::padding, I = C::in_channels, O = C::out_channels;
         CAPTURE(K);
         CAPTURE(S);
         CAPTURE(h);
-        init_he_normal(conv.weight.value, 1, 5);
-        conv.weight.touch();
-        const int w = h + 2, oh = int(conv_out(h, K, S, P)), ow = int(conv_out(w, K, S, P));  // h x (h + 2)
-        Tensor x({3, I, h, w}), dy({3, O, oh, ow});
-        for (int64_t i = 0; i < x.size(); ++i) x[i] = normal01(6, 0, uint64_t(i));
-        for (int64_t i = 0; i < dy.size(); ++i) dy[i] = normal01(7, 0, uint64_t(i));
-        auto grad = [&] {
-            conv.forward(view(x), Mode::training);
-            conv.backward(view(dy), false);
-            return conv.weight.grad;
+        const auto [x, dy] = conv_problem(conv, 3, h, 5);
+        const int w = h + 2, oh = int(dy.shape()[2]), ow = int(dy.shape()[3]);
+        bool blocks8 = false;  // activations in blocks of 8 channels, which the matmul reads
+        auto pass = [&] {
+            const dnnl::memory& y = conv.forward(view(x), Mode::training);
+            blocks8 = y.get_desc() == dnnl::memory::desc(y.get_desc().dims(), dt::f32, dnnl::memory::format_tag::aBcd8b);
+            // with the input gradient too: backward-data runs after the matmul, on pool buffers
+            const Tensor dx = to_tensor(*conv.backward(view(dy), true));
+            return std::pair{conv.weight.grad, dx};
         };
-        const Tensor g = grad(), again = grad();
-        CHECK(std::memcmp(g.data(), again.data(), g.bytes()) == 0);
+        const auto [g, dx] = pass();
+        const auto [g2, dx2] = pass();
+        CHECK(std::memcmp(g.data(), g2.data(), g.bytes()) == 0);
+        CHECK(std::memcmp(dx.data(), dx2.data(), dx.bytes()) == 0);
         const bool ran = conv.kernels().find("backward-weights matmul") != std::string::npos;
         CAPTURE(conv.kernels());
-        if (avx2) CHECK(ran == matmul);
-        else CHECK_FALSE(ran);  // measured on AVX2 only: elsewhere oneDNN's kernel
-        double e = 0, r = 0;
-        for (int o = 0; o < O; ++o)
-            for (int i = 0; i < I; ++i)
-                for (int ky = 0; ky < K; ++ky)
-                    for (int kx = 0; kx < K; ++kx) {
-                        double sum = 0;
-                        for (int n = 0; n < 3; ++n)
-                            for (int y = 0; y < oh; ++y)
-                                for (int z = 0; z < ow; ++z) {
-                                    const int iy = y * S - P + ky, ix = z * S - P + kx;
-                                    if (iy < 0 || iy >= h || ix < 0 || ix >= w) continue;
-                                    sum += double(dy[((int64_t(n) * O + o) * oh + y) * ow + z]) *
-                                           x[((int64_t(n) * I + i) * h + iy) * w + ix];
-                                }
-                        const double got = g[((int64_t(o) * I + i) * K + ky) * K + kx];
-                        e += (got - sum) * (got - sum), r += sum * sum;
-                    }
-        CAPTURE(std::sqrt(e / r));
-        CHECK(std::sqrt(e / r) < 1e-6);
+        if (avx2) CHECK(blocks8);  // so on this kind of CPU the matmul must run where the rule says
+        CHECK(ran == (matmul && blocks8));
+        CAPTURE(rel(g, weight_grad_sum(x, dy, K, S, P, [](float v) { return v; })));
+        CHECK(rel(g, weight_grad_sum(x, dy, K, S, P, [](float v) { return v; })) < 1e-6);
+        // dx[n][i][iy][ix] = sum of dy[n][o][y][z] W[o][i][ky][kx] over iy = y S - P + ky, ix likewise
+        std::vector<double> want_dx(size_t(dx.size()), 0.0);
+        const Tensor& W = conv.weight.value;
+        for (int n = 0; n < 3; ++n)
+            for (int o = 0; o < O; ++o)
+                for (int y = 0; y < oh; ++y)
+                    for (int z = 0; z < ow; ++z)
+                        for (int ky = 0; ky < K; ++ky)
+                            for (int kx = 0; kx < K; ++kx) {
+                                const int iy = y * S - P + ky, ix = z * S - P + kx;
+                                if (iy < 0 || iy >= h || ix < 0 || ix >= w) continue;
+                                const double d = dy[((int64_t(n) * O + o) * oh + y) * ow + z];
+                                for (int i = 0; i < I; ++i)
+                                    want_dx[size_t(((int64_t(n) * I + i) * h + iy) * w + ix)] +=
+                                        d * W[((int64_t(o) * I + i) * K + ky) * K + kx];
+                            }
+        CAPTURE(rel(dx, want_dx));
+        CHECK(rel(dx, want_dx) < 1e-6);
     };
     Conv2d<24, 40, 3, 1, 1> c3;
     check_conv(c3, 15, false);  // 15 x 17 out: oneDNN's kernel
@@ -180,16 +229,11 @@ TEST_CASE("bf16 trainable convolutions: close to f32, f32 weight gradients, repe
     // Images are h x (h + 2): rows and columns must not be swapped anywhere.
     auto check_conv = [&](auto& conv, int h, bool matmul) {
         using C = std::remove_reference_t<decltype(conv)>;
-        constexpr int K = C::kernel, S = C::stride, P = C::padding, I = C::in_channels, O = C::out_channels;
+        constexpr int K = C::kernel, S = C::stride, P = C::padding;
         CAPTURE(K);
         CAPTURE(S);
         CAPTURE(h);
-        init_he_normal(conv.weight.value, 1, 2);
-        conv.weight.touch();
-        const int w = h + 2, oh = int(conv_out(h, K, S, P)), ow = int(conv_out(w, K, S, P));
-        Tensor x({4, I, h, w}), dy({4, O, oh, ow});
-        for (int64_t i = 0; i < x.size(); ++i) x[i] = normal01(3, 0, uint64_t(i));
-        for (int64_t i = 0; i < dy.size(); ++i) dy[i] = normal01(4, 0, uint64_t(i));
+        const auto [x, dy] = conv_problem(conv, 4, h, 2);
         auto pass = [&] {
             std::array<Tensor, 3> r;
             r[0] = to_tensor(conv.forward(view(x), Mode::training));
@@ -216,21 +260,8 @@ TEST_CASE("bf16 trainable convolutions: close to f32, f32 weight gradients, repe
         }
         // the weight gradient against a double-precision sum of the same bf16 products
         Tensor want(conv.weight.grad.shape());
-        for (int o = 0; o < O; ++o)
-            for (int i = 0; i < I; ++i)
-                for (int ky = 0; ky < K; ++ky)
-                    for (int kx = 0; kx < K; ++kx) {
-                        double sum = 0;
-                        for (int n = 0; n < 4; ++n)
-                            for (int y = 0; y < oh; ++y)
-                                for (int z = 0; z < ow; ++z) {
-                                    const int iy = y * S - P + ky, ix = z * S - P + kx;
-                                    if (iy < 0 || iy >= h || ix < 0 || ix >= w) continue;
-                                    sum += double(bf16_round(dy[((int64_t(n) * O + o) * oh + y) * ow + z])) *
-                                           bf16_round(x[((int64_t(n) * I + i) * h + iy) * w + ix]);
-                                }
-                        want[((int64_t(o) * I + i) * K + ky) * K + kx] = float(sum);
-                    }
+        const std::vector<double> sum = weight_grad_sum(x, dy, K, S, P, bf16_round);
+        for (size_t i = 0; i < sum.size(); ++i) want[int64_t(i)] = float(sum[i]);
         CAPTURE(rel(want, bf[2]));
         CHECK(rel(want, bf[2]) < 1e-6);
     };

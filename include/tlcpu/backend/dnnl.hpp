@@ -346,6 +346,7 @@ public:
         return *entries_.back().plan;
     }
     void clear() { entries_.clear(); }
+    size_t size() const { return entries_.size(); }
 
 private:
     static constexpr size_t kMax = 4;

@@ -78,6 +78,7 @@ public:
         folded_.clear();
         last_folded_ = nullptr;
     }
+    size_t folded_plans() const { return folded_.size(); }
 
 protected:  // Conv2d's forward_folded and forward_int8 check the BatchNorm's width first
     // Inference with the BatchNorm that follows folded into the weights and a bias,
@@ -335,7 +336,8 @@ private:
         // 512 @14 stride 2 161.9 -> 96.4, 256 @14 109.7 -> 107.5, 128 @28 94.5 -> 79.5 (col
         // 115 MB, over the cap); oneDNN's 1x1 kernel was as fast or faster (2048->512 @7 25.7 ->
         // 28.1, 256->1024 @14 29.8 -> 60.2), so f32 takes the matmul for 3x3 convs only, by the
-        // same rule. (AVX-512 f32 activations are nChw16c: not measured there, not taken.)
+        // same rule. (Measured on AVX2 only; AVX-512 f32 activations are nChw16c, which this
+        // path does not read, so there oneDNN's kernel runs.)
         const int64_t pixels = dst[0] * dst[2] * dst[3], kk = int64_t(k_) * k_ * in_;
         const bool wanted = k_ == 1 ? p_ == 0 && t == dt::bf16 : k_ == 3 && (s_ > 1 || dst[2] * dst[3] <= 49);
         const bool fits = (k_ == 1 && s_ == 1) || pixels * kk * int64_t(dnnl::memory::data_type_size(t)) <= (int64_t(32) << 20);
