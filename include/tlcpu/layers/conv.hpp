@@ -182,11 +182,11 @@ public:
             g_w = converted(b.mm_dy);
             const auto& eng = be.engine();
             void* cols = p.src.get_data_handle();  // a 1x1 stride-1 conv reads its input's rows as they are
-            Backend::BufferPool::Hold keep_g(pool, &g_w);  // the column buffer must not land on it
             if (p.precision == dt::bf16 && (k_ != 1 || s_ != 1)) {
                 cols = be.column_buffer(b.col.get_size());
                 im2col(p.src, static_cast<uint16_t*>(cols), b.mm_dy.dims(), b.col_block);
             } else if (k_ != 1 || s_ != 1) {  // f32: a gradient buffer, free again for the passes below
+                Backend::BufferPool::Hold keep_g(pool, &g_w);  // the column buffer must not land on g_w
                 cols = pool.take(b.col, &dy).get_data_handle();
                 im2col(p.src, static_cast<float*>(cols), b.mm_dy.dims(), b.col_block);
             }
@@ -348,15 +348,15 @@ private:
         // f32 multiplies the other way round, dW^T[K*K*In][Out] = col^T x dy: oneDNN's f32 gemm
         // then packs less (alone: 13 MB instead of 31, as fast), and its column buffer is a
         // gradient-pool buffer, which the passes after it reuse. Peak RSS at batch 32: phase2_b32
-        // 834 -> 867 MB, full_b32 3,724 -> 3,768 (PyTorch's: ~990 and 3,841-3,898); dy^T x col
+        // 834 -> 867 MB, full_b32 3,724 -> 3,768 (PyTorch's: 992-1,007 and 3,841-3,898); dy^T x col
         // in a buffer of its own had cost 76-87 MB. phase2_b32 10.7 -> 11.0 img/s (medians of 4
         // alternating runs; the machine's noise is about as large).
         if (blk && !has_bias_ && wanted && fits) {
             const bool col_first = t == dt::f32;
-            const dnnl::memory::desc dy_t({out_, pixels}, t, dims{1, out_}), col({pixels, kk}, t, dims{kk, 1});
-            const dnnl::matmul::desc md = col_first ? dnnl::matmul::desc(dnnl::memory::desc({kk, pixels}, t, dims{1, kk}),
-                                                                         dnnl::memory::desc({pixels, out_}, t, dims{out_, 1}),
-                                                                         dnnl::memory::desc({kk, out_}, dt::f32, tag::ab))
+            // NHWC dy and the column buffer as rows of pixels, and each read transposed in place
+            const dnnl::memory::desc dy_rows({pixels, out_}, t, dims{out_, 1}), dy_t({out_, pixels}, t, dims{1, out_});
+            const dnnl::memory::desc col({pixels, kk}, t, dims{kk, 1}), col_t({kk, pixels}, t, dims{1, kk});
+            const dnnl::matmul::desc md = col_first ? dnnl::matmul::desc(col_t, dy_rows, dnnl::memory::desc({kk, out_}, dt::f32, tag::ab))
                                                     : dnnl::matmul::desc(dy_t, col, dnnl::memory::desc({out_, kk}, dt::f32, tag::ab));
             dnnl::matmul::primitive_desc mpd(md, Backend::attr(), eng, /*allow_empty=*/true);
             if (mpd && std::string(mpd.impl_info_str()).rfind("ref", 0) != 0) {  // not the reference loop
