@@ -192,4 +192,85 @@ TEST_CASE("convs Winograd does not cover run a direct conv") {
     both(bf, {2, 64, 8, 8}, 30, false);
 }
 
+// tlcpu's own F(2x2, 3x3) (backend/winograd.hpp), where oneDNN has no Winograd kernel: the
+// forward and the input gradient of the 3x3 convs of 256 channels and more.
+TEST_CASE("tlcpu's Winograd F(2x2, 3x3) on AVX2: forward and input gradient match a double loop") {
+    WinogradGuard guard;
+    Conv2d<256, 256, 3, 1, 1> conv;  // layer3's 3x3 width
+    conv.weight.value = randn({256, 256, 3, 3}, 40, 1.f / 48.f);
+    conv.weight.touch();
+    Tensor x = randn({2, 256, 9, 7}, 41);  // odd sides: the last tile row and column stick out
+    for (float& v : x) v = std::max(v, 0.f);
+    const Tensor dy = randn({2, 256, 9, 7}, 42);
+    Backend::get().winograd = false;
+    const Run direct = run(conv, x, dy);
+    CHECK(conv.kernels().find(Winograd2x3::name) == std::string::npos);
+    Backend::get().winograd = true;
+    const Run wino = run(conv, x, dy);
+    const Run again = run(conv, x, dy);
+    const std::string k = conv.kernels();
+    CAPTURE(k);
+    if (Backend::get().has_winograd() || !Backend::get().own_winograd()) {  // oneDNN's (AVX-512), or neither
+        CHECK(k.find(Winograd2x3::name) == std::string::npos);
+        return;
+    }
+    CHECK(k.find(std::string("forward ") + Winograd2x3::name) != std::string::npos);
+    CHECK(k.find(std::string("backward-data ") + Winograd2x3::name) != std::string::npos);
+    const Reference ref = conv3x3_loop(x, conv.weight.value, dy);
+    CAPTURE(max_rel_diff(direct.y, ref.y));
+    CAPTURE(max_rel_diff(wino.y, ref.y));
+    CAPTURE(max_rel_diff(wino.dx, ref.dx));
+    CHECK(max_rel_diff(wino.y, ref.y) < 1e-5);
+    CHECK(max_rel_diff(wino.dx, ref.dx) < 1e-5);
+    CHECK(max_rel_diff(wino.dw, ref.dw) < 1e-5);  // (the direct weight gradient, from the same x and dy)
+    CHECK_FALSE(same_bits(wino.y, direct.y));
+    CHECK_FALSE(same_bits(wino.dx, direct.dx));
+    CHECK(same_bits(wino.y, again.y));
+    CHECK(same_bits(wino.dx, again.dx));
+    CHECK(same_bits(wino.dw, again.dw));
+}
+
+TEST_CASE("tlcpu's Winograd F(2x2, 3x3) in a frozen conv: folded BatchNorm, ReLU, images in chunks") {
+    WinogradGuard guard;
+    Conv2d<512, 512, 3, 1, 1> conv;  // layer4's
+    BatchNorm2d<512> bn;
+    conv.weight.value = randn({512, 512, 3, 3}, 50, 1.f / 68.f);
+    bn.weight.value = randn({512}, 51, 0.3f);
+    bn.bias.value = randn({512}, 52, 0.1f);
+    bn.running_mean.value = randn({512}, 53, 0.1f);
+    for (float& v : bn.running_var.value) v = 0.5f;
+    // 9 images of 7x7: 16 tiles each, chunks of 8 images (Winograd2x3's 4 MiB), so a chunk of 1 follows
+    Tensor x = randn({9, 512, 7, 7}, 54);
+    for (float& v : x) v = std::max(v, 0.f);
+    Backend::get().winograd = false;
+    const Tensor direct = to_tensor(conv.forward_folded(view(x), bn, true, nullptr, false, dt::f32));
+    Backend::get().winograd = true;
+    const Tensor wino = to_tensor(conv.forward_folded(view(x), bn, true, nullptr, false, dt::f32));
+    CAPTURE(conv.folded_kernel());
+    if (Backend::get().has_winograd() || !Backend::get().own_winograd()) {
+        CHECK(conv.folded_kernel() != Winograd2x3::name);
+        return;
+    }
+    REQUIRE(conv.folded_kernel() == Winograd2x3::name);
+    CHECK(Winograd2x3(512, 512, 7, 7).chunk() == 8);
+    CAPTURE(max_rel_diff(wino, direct));
+    CHECK(max_rel_diff(wino, direct) < 1e-5);
+    CHECK_FALSE(same_bits(wino, direct));
+    CHECK(same_bits(to_tensor(conv.forward_folded(view(x), bn, true, nullptr, false, dt::f32)), wino));
+    CHECK(std::all_of(wino.begin(), wino.end(), [](float v) { return v >= 0.f; }));  // the ReLU ran ...
+    CHECK(std::count(wino.begin(), wino.end(), 0.f) > wino.size() / 10);             // ... on real work
+    // Its rule: thinner convs, and a batch of too few tiles, stay direct.
+    Conv2d<128, 128, 3, 1, 1> thin;
+    BatchNorm2d<128> bn128;
+    thin.forward_folded(view(randn({2, 128, 28, 28}, 55)), bn128, true, nullptr, false, dt::f32);
+    CHECK(thin.folded_kernel() != Winograd2x3::name);
+    Tensor one({1, 512, 7, 7});
+    std::copy(x.data(), x.data() + one.size(), one.data());
+    const Tensor y1 = to_tensor(conv.forward_folded(view(one), bn, true, nullptr, false, dt::f32));
+    CHECK(conv.folded_kernel() != Winograd2x3::name);  // 16 tiles
+    Tensor first({1, 512, 7, 7});
+    std::copy(wino.data(), wino.data() + first.size(), first.data());
+    CHECK(max_rel_diff(y1, first) < 1e-5);
+}
+
 }  // namespace tlcpu_test_winograd

@@ -7,6 +7,7 @@
 #include "tlcpu/core/random.hpp"
 #include "tlcpu/core/tensor.hpp"
 #include "tlcpu/backend/dnnl.hpp"
+#include "tlcpu/backend/winograd.hpp"
 #include "tlcpu/layers/layer.hpp"
 #include "tlcpu/layers/conv.hpp"
 #include "tlcpu/layers/batchnorm.hpp"

@@ -89,6 +89,8 @@ public:
 
     // The rows a bf16 conv's weight-gradient matmul reads (Conv2d::im2col), likewise shared.
     void* column_buffer(size_t n) { return cols_.at_least(n, "im2col buffer"); }
+    // The transformed tiles of tlcpu's own Winograd convs (Winograd2x3), likewise shared.
+    void* winograd_buffer(size_t n) { return wino_.at_least(n, "Winograd tile buffer"); }
 
     // Precision of the folded convolutions of frozen blocks (inference mode): f32, or bf16
     // with f32 accumulation and f32 master weights (AVX512_BF16 / AMX units), or s8: int8
@@ -100,17 +102,33 @@ public:
     // Precision of trainable convolutions (forward, backward data and weights): f32, or
     // bf16 products with f32 accumulation, f32 master weights and f32 weight gradients.
     dt train_precision = dt::f32;
-    // f32 3x3 stride-1 convolutions (frozen or trainable) use Winograd F(4x4, 3x3) where
-    // oneDNN has it: fewer multiplies, slightly different rounding (Conv2d::wants_winograd).
-    // false: every conv is direct, as PyTorch computes it.
+    // f32 3x3 stride-1 convolutions (frozen or trainable) use Winograd where there is a kernel
+    // for it: oneDNN's F(4x4, 3x3) on AVX-512 cores, else tlcpu's F(2x2, 3x3) on AVX2 ones
+    // (backend/winograd.hpp, for the shapes Winograd2x3::suits). Fewer multiplies, slightly
+    // different rounding (Conv2d::wants_winograd). false: every conv is direct, as PyTorch
+    // computes it.
     bool winograd = true;
-    // ... unless its scratchpad (transformed tiles, per-thread gradient copies) would be larger:
+    // ... unless oneDNN's scratchpad (transformed tiles, per-thread gradient copies) would be larger:
     // at batch 32 layer4's backward-weights pass wants 134 MiB, for 1% of a full fine-tuning
     // step; every other pass of ResNet-50's 3x3 convs fits in 60.
     size_t winograd_max_scratchpad = size_t(64) << 20;
     // What a conv plan depends on of the two above: 0 when Winograd is off or this CPU has no
-    // Winograd kernel (oneDNN's needs AVX-512), so nothing is forced into its layout there.
-    size_t winograd_key() const { return winograd && has_winograd() ? winograd_max_scratchpad + 1 : 0; }
+    // Winograd kernel, 1 for tlcpu's own (AVX2), else oneDNN's (its scratchpad cap + 1).
+    size_t winograd_key() const {
+        return !winograd ? 0 : has_winograd() ? winograd_max_scratchpad + 1 : own_winograd() ? 1 : 0;
+    }
+    // oneDNN's Winograd, which forces its layout (nChw16c) on every f32 conv when on.
+    bool onednn_winograd() const { return winograd && has_winograd(); }
+    // Whether this CPU runs tlcpu's Winograd transforms (AVX2 and FMA, where oneDNN's f32
+    // activations are nChw8c).
+    static bool own_winograd() {
+#if defined(__x86_64__) || defined(__i386__)
+        static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        return has;
+#else
+        return false;
+#endif
+    }
     bool has_winograd() const {
         static const bool has = has_conv(dt::f32, dnnl::algorithm::convolution_winograd);
         return has;
@@ -235,7 +253,7 @@ private:
     dnnl::engine engine_;
     dnnl::stream stream_;
     uint64_t executed_ = 0;
-    GrowingBuffer scratch_, wgrad_, cols_;
+    GrowingBuffer scratch_, wgrad_, cols_, wino_;
     BufferPool grads_, acts_;
     std::unordered_map<const void*, float> scales_;
 };

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "tlcpu/backend/winograd.hpp"
 #include "tlcpu/layers/layer.hpp"
 
 namespace tlcpu {
@@ -46,14 +47,21 @@ public:
             *pp = make(x.get_desc(), mode, be.train_precision);
         Plan& p = *pp;
         if (p.weight_version != weight.version) {
-            reorder(view(weight.value), p.weights);
+            if (p.wino)
+                p.wino->set_weights(weight.value.data());
+            else
+                reorder(view(weight.value), p.weights);
             p.weight_version = weight.version;
         }
         const dnnl::memory& src = as_desc(x, p.pd.src_desc(), p.src_scratch);
-        std::unordered_map<int, dnnl::memory> args{
-            {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, p.weights}, {DNNL_ARG_DST, p.dst}};
-        if (has_bias_) args[DNNL_ARG_BIAS] = view(bias.value);
-        be.run(p.prim, args);
+        if (p.wino) {
+            p.wino->run(src, p.dst, has_bias_ ? bias.value.data() : nullptr, false);
+        } else {
+            std::unordered_map<int, dnnl::memory> args{
+                {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, p.weights}, {DNNL_ARG_DST, p.dst}};
+            if (has_bias_) args[DNNL_ARG_BIAS] = view(bias.value);
+            be.run(p.prim, args);
+        }
         last_ = &p;
         p.src = src;
         return p.dst;
@@ -63,15 +71,17 @@ public:
     // ("forward jit_wino_4x3:avx512_core, ..."), and the last folded forward's: which
     // algorithm and ISA a shape got on this CPU.
     std::string kernels() const {
-        std::string k = last_ ? std::string("forward ") + last_->pd.impl_info_str() : "";
+        std::string k = last_ ? std::string("forward ") + (last_->wino ? Winograd2x3::name : last_->pd.impl_info_str()) : "";
         if (last_ && last_->bwd)
             k += std::string(", backward-weights ") +
                  (last_->bwd->mprim ? std::string("matmul ") + last_->bwd->mpd.impl_info_str()
                                     : std::string(last_->bwd->wpd.impl_info_str())) +
-                 ", backward-data " + last_->bwd->dpd.impl_info_str();
+                 ", backward-data " + (last_->bwd->wino ? Winograd2x3::name : last_->bwd->dpd.impl_info_str());
         return k;
     }
-    std::string folded_kernel() const { return last_folded_ ? last_folded_->pd.impl_info_str() : ""; }
+    std::string folded_kernel() const {
+        return !last_folded_ ? "" : last_folded_->wino ? Winograd2x3::name : last_folded_->pd.impl_info_str();
+    }
     // Releases the folded plans and their weight copies (remade when next needed): int8
     // calibration's f32 pass leaves them behind in blocks that then run int8 or train.
     void drop_folded() {
@@ -103,7 +113,10 @@ protected:  // Conv2d's forward_folded and forward_int8 check the BatchNorm's wi
         if (p.versions != v) {
             Tensor w, b;
             fold(bn, w, b);
-            reorder(view(w), p.weights);
+            if (p.wino)
+                p.wino->set_weights(w.data());
+            else
+                reorder(view(w), p.weights);
             reorder(view(b), p.bias);
             p.versions = v;
         }
@@ -113,6 +126,10 @@ protected:  // Conv2d's forward_folded and forward_int8 check the BatchNorm's wi
         } else {
             p.dst = Backend::get().acts().take(p.pd.dst_desc(), &x);
             if (residual) reorder(*residual, p.dst);
+        }
+        if (p.wino) {  // (never with a residual: see make_folded)
+            p.wino->run(as_desc(x, p.pd.src_desc(), p.src_scratch), *dst, static_cast<const float*>(p.bias.get_data_handle()), relu);
+            return *dst;
         }
         Backend::get().run(p.prim, {{DNNL_ARG_SRC, as_desc(x, p.pd.src_desc(), p.src_scratch)},
                                     {DNNL_ARG_WEIGHTS, p.weights},
@@ -210,6 +227,18 @@ public:
             reorder(dw, view(grad_of(weight)));
         }
         if (!need_dx) return nullptr;
+        if (b.wino) {  // the input gradient as a Winograd conv of dy with the flipped kernel
+            if (b.weight_version != weight.version) {
+                b.wino->set_weights(weight.value.data(), /*flip=*/true);
+                b.weight_version = weight.version;
+            }
+            Backend::BufferPool::Hold keep_w(pool, g_w ? &g_w : nullptr);
+            const dnnl::memory g = g_w && g_w.get_desc() == p.pd.dst_desc() ? g_w : converted(p.pd.dst_desc());
+            Backend::BufferPool::Hold keep_g(pool, &g);
+            b.diff_src = pool.take(p.pd.src_desc(), &dy);
+            b.wino->run(g, b.diff_src, nullptr, false);
+            return &b.diff_src;
+        }
         if (!b.shares_weights && b.weight_version != weight.version) {
             reorder(view(weight.value), b.weights);
             b.weight_version = weight.version;
@@ -241,6 +270,7 @@ private:
         bool col_first = false;  // f32: dW^T = col^T x dy (the matmul's A is the column buffer)
         uint64_t weight_version = 0;
         bool shares_weights = false;  // backward-data reads the forward's copy (same layout: Winograd's)
+        std::unique_ptr<Winograd2x3> wino;  // backward-data by tlcpu's Winograd (dpd, dprim not made)
     };
     struct Plan {
         dnnl::convolution_forward::primitive_desc pd;
@@ -251,6 +281,7 @@ private:
         dt precision = dt::f32;
         size_t winograd = 0;  // Backend::winograd_key() when made (not whether this shape got Winograd)
         std::unique_ptr<Backward> bwd;
+        std::unique_ptr<Winograd2x3> wino;  // tlcpu's Winograd runs the forward (prim, weights not made)
     };
 
     static auto any(const dims& d, dt t = dt::f32) { return dnnl::memory::desc(d, t, tag::any); }
@@ -262,7 +293,19 @@ private:
     // is about 3x the direct conv's (~3e-6 of the output's range: tests/test_winograd.cpp).
     // Backend::winograd turns it off; a shape oneDNN lacks it for, or whose Winograd scratchpad
     // is over Backend::winograd_max_scratchpad, gets the direct conv.
-    bool wants_winograd(dt t, bool on = Backend::get().winograd_key() != 0) { return k_ == 3 && s_ == 1 && t == dt::f32 && on; }
+    // (key: Backend::winograd_key(), over 1 for oneDNN's kernel)
+    bool wants_winograd(dt t, size_t key = Backend::get().winograd_key()) { return k_ == 3 && s_ == 1 && t == dt::f32 && key > 1; }
+    // Where oneDNN has no Winograd (AVX2 CPUs), tlcpu's F(2x2, 3x3) takes the forward of the
+    // 3x3 stride-1 f32 convs Winograd2x3::suits, on the nChw8c activations oneDNN's direct
+    // kernel picks there (pd: that direct conv's, whose layouts the rest of the network sees).
+    std::unique_ptr<Winograd2x3> own_winograd(const dnnl::convolution_forward::primitive_desc& pd, dt t, size_t key) const {
+        const dims src = pd.src_desc().dims(), dst = pd.dst_desc().dims();
+        auto blocked = [](const dnnl::memory::desc& m) { return m == dnnl::memory::desc(m.dims(), dt::f32, tag::aBcd8b); };
+        if (key != 1 || k_ != 3 || s_ != 1 || p_ != 1 || t != dt::f32 || !blocked(pd.src_desc()) || !blocked(pd.dst_desc()) ||
+            !Winograd2x3::suits(src[0], in_, out_, src[2], src[3]))
+            return nullptr;
+        return std::make_unique<Winograd2x3>(in_, out_, src[2], src[3]);
+    }
     // With Winograd on, every f32 conv reads and writes nChw16c activations, the one layout
     // oneDNN's Winograd kernel takes: left to choose, the 1x1 convs of a frozen block pick NHWC
     // and each 3x3 between them would need two reorders (at batch 32: 26 reorders a forward and
@@ -270,7 +313,7 @@ private:
     // (ResNet-50's 1x1 shapes, batch 32: within -10%..+13% each, no faster on the sum).
     // (t: the activation's type; prec: what the conv computes in)
     static dnnl::memory::desc act(const dims& d, dt t, int channels, dt prec) {
-        const bool blocked = prec == dt::f32 && Backend::get().winograd_key() != 0 && channels % 16 == 0;
+        const bool blocked = prec == dt::f32 && Backend::get().onednn_winograd() && channels % 16 == 0;
         return dnnl::memory::desc(d, t, blocked ? tag::aBcd16b : tag::any);
     }
     // The primitive descriptor of desc(winograd) if wanted and implemented, else desc(direct).
@@ -370,7 +413,7 @@ private:
             }
         }
         if (!b.mprim) {  // the forward's algorithm, as long as oneDNN has it for the backward pass too
-            b.wpd = pick<dnnl::convolution_backward_weights::primitive_desc>(wants_winograd(t, p.winograd != 0), [&](dnnl::algorithm algo) {
+            b.wpd = pick<dnnl::convolution_backward_weights::primitive_desc>(wants_winograd(t, p.winograd), [&](dnnl::algorithm algo) {
                 return has_bias_ ? dnnl::convolution_backward_weights::desc(algo, any(src, t), any(wei),
                                                                             dnnl::memory::desc({out_}, dt::f32, tag::a),
                                                                             any(dst, t), {s_, s_}, {p_, p_}, {p_, p_})
@@ -379,7 +422,11 @@ private:
             }, Backend::attr(), p.pd);
             b.wprim = dnnl::convolution_backward_weights(b.wpd);
         }
-        b.dpd = pick<dnnl::convolution_backward_data::primitive_desc>(wants_winograd(t, p.winograd != 0), [&](dnnl::algorithm algo) {
+        if (p.wino) {  // the forward ran tlcpu's Winograd: so does the input gradient (in and out swapped)
+            b.wino = std::make_unique<Winograd2x3>(out_, in_, src[2], src[3]);
+            return b;
+        }
+        b.dpd = pick<dnnl::convolution_backward_data::primitive_desc>(wants_winograd(t, p.winograd), [&](dnnl::algorithm algo) {
             return dnnl::convolution_backward_data::desc(algo, any(src), any(wei, t), any(dst, t), {s_, s_}, {p_, p_}, {p_, p_});
         }, Backend::attr(), p.pd);
         b.dprim = dnnl::convolution_backward_data(b.dpd);
@@ -409,8 +456,11 @@ private:
                              : dnnl::convolution_forward::desc(prop, algo, act(src, t, in_, t), any(wei, t), act(dst, dt::f32, out_, t),
                                                                {s_, s_}, {p_, p_}, {p_, p_});
         }, Backend::attr());
-        p.prim = dnnl::convolution_forward(p.pd);
-        p.weights = dnnl::memory(p.pd.weights_desc(), eng);
+        p.wino = own_winograd(p.pd, t, p.winograd);
+        if (!p.wino) {
+            p.prim = dnnl::convolution_forward(p.pd);
+            p.weights = dnnl::memory(p.pd.weights_desc(), eng);
+        }
         p.dst = dnnl::memory(p.pd.dst_desc(), eng);
         p.mode = mode;
         p.precision = t;
@@ -424,6 +474,7 @@ private:
         std::array<uint64_t, 6> versions{};
         dt precision = dt::f32;
         size_t winograd = 0;
+        std::unique_ptr<Winograd2x3> wino;  // as in Plan (then prim and weights are not made)
     };
     Folded make_folded(const dnnl::memory::desc& xd, bool relu, const dnnl::memory* residual, dt prec) {
         const dims d = xd.dims();
@@ -450,8 +501,11 @@ private:
         p.pd = make_pd(act(dst, prec, out_, prec), residual != nullptr);
         p.precision = prec;
         p.winograd = Backend::get().winograd_key();
-        p.prim = dnnl::convolution_forward(p.pd);
-        p.weights = dnnl::memory(p.pd.weights_desc(), eng);
+        if (!residual) p.wino = own_winograd(p.pd, prec, p.winograd);  // (it has no sum post-op)
+        if (!p.wino) {
+            p.prim = dnnl::convolution_forward(p.pd);
+            p.weights = dnnl::memory(p.pd.weights_desc(), eng);
+        }
         p.bias = dnnl::memory(p.pd.bias_desc(), eng);
         return p;
     }

@@ -1,0 +1,202 @@
+// tlcpu: Winograd F(2x2, 3x3) for f32 3x3 stride-1 convolutions on AVX2 CPUs, where
+// oneDNN 2.6 has no Winograd kernel (its own needs AVX-512). Each 2x2 output tile comes from
+// a 4x4 input tile with 16 multiplies per channel pair instead of 36:
+//   Y = A^T [ sum_c (G g G^T) .* (B^T d B) ] A
+// The element-wise products over all tiles are 16 matrix products, one per tile position,
+//   M[xi] (tiles x Out) = V[xi] (tiles x In) x U[xi] (In x Out),
+// run as one batched oneDNN matmul; the input and output transforms work on nChw8c
+// activations, whose 8-channel blocks are exactly one AVX register. Images go through in
+// chunks so the transformed tiles stay a few MiB (a shared buffer of the backend).
+#pragma once
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <string>
+#include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define TLCPU_WINOGRAD_X86 1
+#endif
+
+#include "tlcpu/backend/dnnl.hpp"
+
+namespace tlcpu {
+
+class Winograd2x3 {
+public:
+    static constexpr const char* name = "tlcpu winograd F(2x2,3x3) avx2";
+    static bool available() { return Backend::own_winograd(); }
+
+    // Which shapes take it, measured on the AMD EPYC machine (Zen 3, 2 threads; oneDNN's
+    // direct jit:avx2 kernel against this, forward with bias and ReLU, ms, medians of 5):
+    // batch 32: 256 @14 52.9 -> 35.9 (1.47x), 512 @7 72.2 -> 43.0 (1.68x), but 128 @28
+    // 57.9 -> 62.4 and 64 @56 50.3 -> 71.2: with 64 or 128 channels the products are too
+    // thin for the matmul to make up for the transforms' memory traffic. Batch 1: 256 @14
+    // 1.62 -> 0.80, 512 @7 1.71 -> 2.67 (16 tiles: too few rows). So: at least 256 input and
+    // output channels and 32 tiles in the batch.
+    static bool suits(int64_t n, int64_t in, int64_t out, int64_t h, int64_t w) {
+        return available() && in >= 256 && out >= 256 && in % 8 == 0 && out % 8 == 0 &&
+               n * ((h + 1) / 2) * ((w + 1) / 2) >= 32;
+    }
+
+    Winograd2x3(int64_t in, int64_t out, int64_t h, int64_t w) : in_(in), out_(out), h_(h), w_(w) {
+        check(in % 8 == 0 && out % 8 == 0, "Winograd2x3 needs channel counts in multiples of 8");
+        th_ = (h + 1) / 2, tw_ = (w + 1) / 2;
+        // about 4 MiB of transformed input tiles per chunk: 5 images at 256 @14, 8 at 512 @7
+        chunk_ = std::max<int64_t>(1, (int64_t(4) << 20) / (16 * th_ * tw_ * std::max(in, out) * 4));
+        u_.assign(size_t(16 * in * out), 0.f);
+        b_.assign(size_t(out), 0.f);
+    }
+
+    // U[xi][c][o] = (G g G^T)[xi] of the 3x3 kernel w[o][c] (OIHW, as Conv2d keeps it),
+    // G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]. flip: the kernel of the input gradient,
+    // w'[c][o] = w[o][c] rotated by 180 degrees (then in and out are the forward's swapped).
+    void set_weights(const float* w, bool flip = false) {
+        const int64_t wo = flip ? in_ : out_, wi = flip ? out_ : in_;  // w's own [O][I]
+        for (int64_t o = 0; o < wo; ++o)
+            for (int64_t c = 0; c < wi; ++c) {
+                float g[9];
+                const float* k = w + (o * wi + c) * 9;
+                for (int i = 0; i < 9; ++i) g[i] = flip ? k[8 - i] : k[i];
+                float t[4][3];
+                for (int j = 0; j < 3; ++j) {
+                    t[0][j] = g[j];
+                    t[1][j] = 0.5f * (g[j] + g[3 + j] + g[6 + j]);
+                    t[2][j] = 0.5f * (g[j] - g[3 + j] + g[6 + j]);
+                    t[3][j] = g[6 + j];
+                }
+                const int64_t r = flip ? o : c, q = flip ? c : o;  // row (input channel) and column of U
+                for (int i = 0; i < 4; ++i) {
+                    const float u[4] = {t[i][0], 0.5f * (t[i][0] + t[i][1] + t[i][2]), 0.5f * (t[i][0] - t[i][1] + t[i][2]),
+                                        t[i][2]};
+                    for (int j = 0; j < 4; ++j) u_[size_t(((i * 4 + j) * in_ + r) * out_ + q)] = u[j];
+                }
+            }
+    }
+
+    // y = relu?(conv3x3(x) + bias), stride 1, padding 1; x and y nChw8c of n images; bias:
+    // Out values, or none.
+    void run(const dnnl::memory& x, const dnnl::memory& y, const float* bias, bool relu) {
+        if (bias)
+            std::copy(bias, bias + out_, b_.begin());
+        else
+            std::fill(b_.begin(), b_.end(), 0.f);
+        auto& be = Backend::get();
+        const dims d = x.get_desc().dims();
+        check(d[1] == in_ && d[2] == h_ && d[3] == w_, "Winograd2x3 got input " + to_string(d));
+        const int64_t n = d[0], tiles = th_ * tw_;
+        be.wait();
+        const float* xp = static_cast<const float*>(x.get_data_handle());
+        float* yp = static_cast<float*>(y.get_data_handle());
+        const int64_t most = std::min(chunk_, n);
+        float* v = reinterpret_cast<float*>(be.winograd_buffer(size_t(16 * most * tiles * (in_ + out_)) * sizeof(float)));
+        float* m = v + 16 * most * tiles * in_;
+        for (int64_t n0 = 0; n0 < n; n0 += most) {
+            const int64_t nc = std::min(most, n - n0), rows = nc * tiles, cb = in_ / 8, ob = out_ / 8;
+#pragma omp parallel for collapse(2) schedule(static)
+            for (int64_t i = 0; i < nc; ++i)
+                for (int64_t c = 0; c < cb; ++c)
+                    input_tiles(xp + ((n0 + i) * cb + c) * h_ * w_ * 8, v + i * tiles * in_ + c * 8, rows);
+            const auto& mm = matmul_for(rows);
+            be.run(mm.prim, {{DNNL_ARG_SRC, dnnl::memory(mm.pd.src_desc(), be.engine(), v)},
+                             {DNNL_ARG_WEIGHTS, dnnl::memory(mm.pd.weights_desc(), be.engine(), u_.data())},
+                             {DNNL_ARG_DST, dnnl::memory(mm.pd.dst_desc(), be.engine(), m)}});
+            be.wait();
+#pragma omp parallel for collapse(2) schedule(static)
+            for (int64_t i = 0; i < nc; ++i)
+                for (int64_t o = 0; o < ob; ++o)
+                    output_tiles(m + i * tiles * out_ + o * 8, b_.data() + o * 8, relu, yp + ((n0 + i) * ob + o) * h_ * w_ * 8, rows);
+        }
+    }
+
+    int64_t chunk() const { return chunk_; }
+    size_t bytes() const { return (u_.size() + b_.size()) * sizeof(float); }
+
+private:
+    int64_t in_, out_, h_, w_, th_, tw_, chunk_;
+    std::vector<float> u_, b_;  // [16][In][Out], [Out]
+    struct Matmul {
+        dnnl::matmul::primitive_desc pd;
+        dnnl::matmul prim;
+    };
+    std::map<int64_t, Matmul> mm_;  // by rows: a full chunk, and the last one when shorter
+
+    const Matmul& matmul_for(int64_t rows) {
+        auto it = mm_.find(rows);
+        if (it != mm_.end()) return it->second;
+        const dnnl::memory::desc v({16, rows, in_}, dt::f32, tag::abc), u({16, in_, out_}, dt::f32, tag::abc),
+            m({16, rows, out_}, dt::f32, tag::abc);
+        Matmul mm;
+        mm.pd = dnnl::matmul::primitive_desc(dnnl::matmul::desc(v, u, m), Backend::attr(), Backend::get().engine());
+        mm.prim = dnnl::matmul(mm.pd);
+        return mm_.emplace(rows, std::move(mm)).first->second;
+    }
+
+#ifdef TLCPU_WINOGRAD_X86
+    // One channel block of one image: every 4x4 tile (zero outside the image) to
+    // B^T d B, B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], each value 8 channels wide.
+    // x: the block's plane [H][W][8]; v: this image's first tile row at this channel block,
+    // rows: the tile rows of one chunk (the stride between tile positions xi).
+    __attribute__((target("avx2,fma"))) void input_tiles(const float* x, float* v, int64_t rows) const {
+        const __m256 zero = _mm256_setzero_ps();
+        for (int64_t ty = 0; ty < th_; ++ty)
+            for (int64_t tx = 0; tx < tw_; ++tx) {
+                __m256 d[4][4];
+                for (int r = 0; r < 4; ++r) {
+                    const int64_t yy = 2 * ty - 1 + r;
+                    for (int q = 0; q < 4; ++q) {
+                        const int64_t xx = 2 * tx - 1 + q;
+                        d[r][q] = yy >= 0 && yy < h_ && xx >= 0 && xx < w_ ? _mm256_loadu_ps(x + (yy * w_ + xx) * 8) : zero;
+                    }
+                }
+                __m256 t[4][4];
+                for (int q = 0; q < 4; ++q) {
+                    t[0][q] = _mm256_sub_ps(d[0][q], d[2][q]);
+                    t[1][q] = _mm256_add_ps(d[1][q], d[2][q]);
+                    t[2][q] = _mm256_sub_ps(d[2][q], d[1][q]);
+                    t[3][q] = _mm256_sub_ps(d[1][q], d[3][q]);
+                }
+                float* at = v + (ty * tw_ + tx) * in_;
+                for (int r = 0; r < 4; ++r) {
+                    const __m256 o[4] = {_mm256_sub_ps(t[r][0], t[r][2]), _mm256_add_ps(t[r][1], t[r][2]),
+                                         _mm256_sub_ps(t[r][2], t[r][1]), _mm256_sub_ps(t[r][1], t[r][3])};
+                    for (int q = 0; q < 4; ++q) _mm256_storeu_ps(at + (r * 4 + q) * rows * in_, o[q]);
+                }
+            }
+    }
+    // One output channel block of one image: A^T M A + bias (and ReLU) for every tile,
+    // A^T = [1 1 1 0; 0 1 -1 -1], the tile's right column and bottom row dropped past the
+    // image's edge.
+    __attribute__((target("avx2,fma"))) void output_tiles(const float* m, const float* bias, bool relu, float* y,
+                                                          int64_t rows) const {
+        const __m256 b = _mm256_loadu_ps(bias), zero = _mm256_setzero_ps();
+        for (int64_t ty = 0; ty < th_; ++ty)
+            for (int64_t tx = 0; tx < tw_; ++tx) {
+                const float* at = m + (ty * tw_ + tx) * out_;
+                __m256 s[4][4];
+                for (int r = 0; r < 4; ++r)
+                    for (int q = 0; q < 4; ++q) s[r][q] = _mm256_loadu_ps(at + (r * 4 + q) * rows * out_);
+                __m256 t[2][4];
+                for (int q = 0; q < 4; ++q) {
+                    t[0][q] = _mm256_add_ps(_mm256_add_ps(s[0][q], s[1][q]), s[2][q]);
+                    t[1][q] = _mm256_sub_ps(_mm256_sub_ps(s[1][q], s[2][q]), s[3][q]);
+                }
+                for (int r = 0; r < 2; ++r) {
+                    const int64_t yy = 2 * ty + r;
+                    if (yy >= h_) break;
+                    __m256 o0 = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(t[r][0], t[r][1]), t[r][2]), b);
+                    __m256 o1 = _mm256_add_ps(_mm256_sub_ps(_mm256_sub_ps(t[r][1], t[r][2]), t[r][3]), b);
+                    if (relu) o0 = _mm256_max_ps(o0, zero), o1 = _mm256_max_ps(o1, zero);
+                    _mm256_storeu_ps(y + (yy * w_ + 2 * tx) * 8, o0);
+                    if (2 * tx + 1 < w_) _mm256_storeu_ps(y + (yy * w_ + 2 * tx + 1) * 8, o1);
+                }
+            }
+    }
+#else
+    void input_tiles(const float*, float*, int64_t) const { fail("Winograd2x3 needs an x86 CPU"); }
+    void output_tiles(const float*, const float*, bool, float*, int64_t) const { fail("Winograd2x3 needs an x86 CPU"); }
+#endif
+};
+
+}  // namespace tlcpu
