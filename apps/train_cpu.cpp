@@ -351,7 +351,7 @@ int main(int argc, char** argv) {
         ->check(CLI::IsMember({"f32", "bf16", "int8"}))->capture_default_str();
     app.add_option("--precision", c.precision, "Precision of the trainable convolutions: f32, or bf16 (f32 master weights and weight gradients, f32 accumulation)")
         ->check(CLI::IsMember({"f32", "bf16"}))->capture_default_str();
-    app.add_option("--conv", c.conv, "f32 3x3 stride-1 convolutions: winograd (F(4x4,3x3), fewer multiplies; an image's output rounds differently with its batch) or direct (as PyTorch; batch-independent bits)")
+    app.add_option("--conv", c.conv, "f32 3x3 stride-1 convolutions: winograd (fewer multiplies: oneDNN's F(4x4,3x3) on AVX-512, tlcpu's F(2x2,3x3) for 256+ channels on AVX2; an image's output rounds differently with its batch) or direct (as PyTorch; batch-independent bits)")
         ->check(CLI::IsMember({"winograd", "direct"}))->capture_default_str();
     app.add_option("--calibration-images", c.calibration_images, "With --frozen-precision int8: training images the activation scales are calibrated on")
         ->check(CLI::PositiveNumber)->capture_default_str();

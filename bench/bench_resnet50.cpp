@@ -111,7 +111,7 @@ int main(int argc, char** argv) {
     Backend::get().winograd = conv == "winograd";
 
     nlohmann::json out{{"framework", "tlcpu"}, {"case", which}, {"threads", omp_get_max_threads()}, {"conv", conv},
-                       {"winograd_kernel", Backend::get().has_winograd()}};
+                       {"winograd_kernel", Backend::get().has_winograd() ? "onednn" : Backend::get().own_winograd() ? "tlcpu" : "none"}};
     try {
         if (which.ends_with("_bf16")) Backend::get().require_bf16();
         if (which == "matmul_f32" || which == "matmul_bf16" || which == "matmul_int8") {

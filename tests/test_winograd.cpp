@@ -228,6 +228,28 @@ TEST_CASE("tlcpu's Winograd F(2x2, 3x3) on AVX2: forward and input gradient matc
     CHECK(same_bits(wino.y, again.y));
     CHECK(same_bits(wino.dx, again.dx));
     CHECK(same_bits(wino.dw, again.dw));
+    Backend::get().winograd = false;  // the plans are remade: direct again, bit for bit
+    const Run back = run(conv, x, dy);
+    CHECK(conv.kernels().find(Winograd2x3::name) == std::string::npos);
+    CHECK(same_bits(back.y, direct.y));
+    CHECK(same_bits(back.dx, direct.dx));
+
+    // layer4's width, 9 images of 7x7 in chunks of 8 and 1: the forward and the input
+    // gradient (the transformed weights read turned) against the direct conv's
+    Conv2d<512, 512, 3, 1, 1> wide;
+    wide.weight.value = randn({512, 512, 3, 3}, 43, 1.f / 68.f);
+    wide.weight.touch();
+    const Tensor x9 = randn({9, 512, 7, 7}, 44), dy9 = randn({9, 512, 7, 7}, 45);
+    const Run direct9 = run(wide, x9, dy9);  // (winograd is off here)
+    Backend::get().winograd = true;
+    const Run wino9 = run(wide, x9, dy9);
+    CAPTURE(wide.kernels());
+    CHECK(wide.kernels().find(std::string("backward-data ") + Winograd2x3::name) != std::string::npos);
+    CAPTURE(max_rel_diff(wino9.y, direct9.y));
+    CAPTURE(max_rel_diff(wino9.dx, direct9.dx));
+    CHECK(max_rel_diff(wino9.y, direct9.y) < 1e-5);
+    CHECK(max_rel_diff(wino9.dx, direct9.dx) < 1e-5);
+    CHECK_FALSE(same_bits(wino9.dx, direct9.dx));
 }
 
 TEST_CASE("tlcpu's Winograd F(2x2, 3x3) in a frozen conv: folded BatchNorm, ReLU, images in chunks") {

@@ -113,9 +113,9 @@ public:
     // step; every other pass of ResNet-50's 3x3 convs fits in 60.
     size_t winograd_max_scratchpad = size_t(64) << 20;
     // What a conv plan depends on of the two above: 0 when Winograd is off or this CPU has no
-    // Winograd kernel, 1 for tlcpu's own (AVX2), else oneDNN's (its scratchpad cap + 1).
+    // Winograd kernel, 1 for tlcpu's own (AVX2), else oneDNN's (its scratchpad cap + 2).
     size_t winograd_key() const {
-        return !winograd ? 0 : has_winograd() ? winograd_max_scratchpad + 1 : own_winograd() ? 1 : 0;
+        return !winograd ? 0 : has_winograd() ? winograd_max_scratchpad + 2 : own_winograd() ? 1 : 0;
     }
     // oneDNN's Winograd, which forces its layout (nChw16c) on every f32 conv when on.
     bool onednn_winograd() const { return winograd && has_winograd(); }

@@ -46,19 +46,17 @@ public:
         // about 4 MiB of transformed input tiles per chunk: 5 images at 256 @14, 8 at 512 @7
         chunk_ = std::max<int64_t>(1, (int64_t(4) << 20) / (16 * th_ * tw_ * std::max(in, out) * 4));
         u_.assign(size_t(16 * in * out), 0.f);
-        b_.assign(size_t(out), 0.f);
+        b_.assign(size_t(std::max(in, out)), 0.f);
     }
 
     // U[xi][c][o] = (G g G^T)[xi] of the 3x3 kernel w[o][c] (OIHW, as Conv2d keeps it),
-    // G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]. flip: the kernel of the input gradient,
-    // w'[c][o] = w[o][c] rotated by 180 degrees (then in and out are the forward's swapped).
-    void set_weights(const float* w, bool flip = false) {
-        const int64_t wo = flip ? in_ : out_, wi = flip ? out_ : in_;  // w's own [O][I]
-        for (int64_t o = 0; o < wo; ++o)
-            for (int64_t c = 0; c < wi; ++c) {
-                float g[9];
-                const float* k = w + (o * wi + c) * 9;
-                for (int i = 0; i < 9; ++i) g[i] = flip ? k[8 - i] : k[i];
+    // G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]. The input gradient reads the same U (see
+    // run_backward_data), so a weight update transforms once.
+    void set_weights(const float* w) {
+#pragma omp parallel for schedule(static)
+        for (int64_t c = 0; c < in_; ++c)
+            for (int64_t o = 0; o < out_; ++o) {
+                const float* g = w + (o * in_ + c) * 9;
                 float t[4][3];
                 for (int j = 0; j < 3; ++j) {
                     t[0][j] = g[j];
@@ -66,11 +64,10 @@ public:
                     t[2][j] = 0.5f * (g[j] - g[3 + j] + g[6 + j]);
                     t[3][j] = g[6 + j];
                 }
-                const int64_t r = flip ? o : c, q = flip ? c : o;  // row (input channel) and column of U
                 for (int i = 0; i < 4; ++i) {
                     const float u[4] = {t[i][0], 0.5f * (t[i][0] + t[i][1] + t[i][2]), 0.5f * (t[i][0] - t[i][1] + t[i][2]),
                                         t[i][2]};
-                    for (int j = 0; j < 4; ++j) u_[size_t(((i * 4 + j) * in_ + r) * out_ + q)] = u[j];
+                    for (int j = 0; j < 4; ++j) u_[size_t(((i * 4 + j) * in_ + c) * out_ + o)] = u[j];
                 }
             }
     }
@@ -78,27 +75,55 @@ public:
     // y = relu?(conv3x3(x) + bias), stride 1, padding 1; x and y nChw8c of n images; bias:
     // Out values, or none.
     void run(const dnnl::memory& x, const dnnl::memory& y, const float* bias, bool relu) {
+        Backend::get().wait();  // bias may be what a reorder just wrote
         if (bias)
             std::copy(bias, bias + out_, b_.begin());
         else
             std::fill(b_.begin(), b_.end(), 0.f);
+        go(x, y, false, relu);
+    }
+    // The input gradient dx (In channels) of dy (Out channels): a conv with the kernel
+    // w'[c][o] = w[o][c] turned by 180 degrees. Turning g turns G g G^T's rows and columns
+    // by the permutation (3 1 2 0) (G g' = P G g), so its U is U[(s(i), s(j))] transposed:
+    // the tiles are stored and read at the permuted positions and the matmul reads U with
+    // its last two dimensions swapped.
+    void run_backward_data(const dnnl::memory& dy, const dnnl::memory& dx) {
+        std::fill(b_.begin(), b_.end(), 0.f);
+        go(dy, dx, true, false);
+    }
+
+    int64_t chunk() const { return chunk_; }
+
+private:
+    int64_t in_, out_, h_, w_, th_, tw_, chunk_;
+    std::vector<float> u_, b_;  // [16][In][Out], [Out] (b_: the largest of In and Out)
+    struct Matmul {
+        dnnl::matmul::primitive_desc pd;
+        dnnl::matmul prim;
+    };
+    std::map<std::pair<int64_t, bool>, Matmul> mm_;  // by rows (a full chunk, the last one when shorter) and direction
+
+    void go(const dnnl::memory& x, const dnnl::memory& y, bool back, bool relu) {
         auto& be = Backend::get();
+        const int64_t ci = back ? out_ : in_, co = back ? in_ : out_;  // channels read and written
         const dims d = x.get_desc().dims();
-        check(d[1] == in_ && d[2] == h_ && d[3] == w_, "Winograd2x3 got input " + to_string(d));
+        check(d[1] == ci && d[2] == h_ && d[3] == w_, "Winograd2x3 got input " + to_string(d));
         const int64_t n = d[0], tiles = th_ * tw_;
         be.wait();
         const float* xp = static_cast<const float*>(x.get_data_handle());
         float* yp = static_cast<float*>(y.get_data_handle());
         const int64_t most = std::min(chunk_, n);
         float* v = reinterpret_cast<float*>(be.winograd_buffer(size_t(16 * most * tiles * (in_ + out_)) * sizeof(float)));
-        float* m = v + 16 * most * tiles * in_;
+        float* m = v + 16 * most * tiles * ci;
+        static constexpr int plain[4] = {0, 1, 2, 3}, turned[4] = {3, 1, 2, 0};
+        const int* s = back ? turned : plain;
         for (int64_t n0 = 0; n0 < n; n0 += most) {
-            const int64_t nc = std::min(most, n - n0), rows = nc * tiles, cb = in_ / 8, ob = out_ / 8;
+            const int64_t nc = std::min(most, n - n0), rows = nc * tiles, cb = ci / 8, ob = co / 8;
 #pragma omp parallel for collapse(2) schedule(static)
             for (int64_t i = 0; i < nc; ++i)
                 for (int64_t c = 0; c < cb; ++c)
-                    input_tiles(xp + ((n0 + i) * cb + c) * h_ * w_ * 8, v + i * tiles * in_ + c * 8, rows);
-            const auto& mm = matmul_for(rows);
+                    input_tiles(xp + ((n0 + i) * cb + c) * h_ * w_ * 8, v + i * tiles * ci + c * 8, rows, ci, s);
+            const auto& mm = matmul_for(rows, back);
             be.run(mm.prim, {{DNNL_ARG_SRC, dnnl::memory(mm.pd.src_desc(), be.engine(), v)},
                              {DNNL_ARG_WEIGHTS, dnnl::memory(mm.pd.weights_desc(), be.engine(), u_.data())},
                              {DNNL_ARG_DST, dnnl::memory(mm.pd.dst_desc(), be.engine(), m)}});
@@ -106,39 +131,32 @@ public:
 #pragma omp parallel for collapse(2) schedule(static)
             for (int64_t i = 0; i < nc; ++i)
                 for (int64_t o = 0; o < ob; ++o)
-                    output_tiles(m + i * tiles * out_ + o * 8, b_.data() + o * 8, relu, yp + ((n0 + i) * ob + o) * h_ * w_ * 8, rows);
+                    output_tiles(m + i * tiles * co + o * 8, b_.data() + o * 8, relu, yp + ((n0 + i) * ob + o) * h_ * w_ * 8, rows,
+                                 co, s);
         }
     }
 
-    int64_t chunk() const { return chunk_; }
-    size_t bytes() const { return (u_.size() + b_.size()) * sizeof(float); }
-
-private:
-    int64_t in_, out_, h_, w_, th_, tw_, chunk_;
-    std::vector<float> u_, b_;  // [16][In][Out], [Out]
-    struct Matmul {
-        dnnl::matmul::primitive_desc pd;
-        dnnl::matmul prim;
-    };
-    std::map<int64_t, Matmul> mm_;  // by rows: a full chunk, and the last one when shorter
-
-    const Matmul& matmul_for(int64_t rows) {
-        auto it = mm_.find(rows);
+    // back: U read as [16][Out][In] (its transpose), the input gradient's product
+    const Matmul& matmul_for(int64_t rows, bool back) {
+        auto it = mm_.find({rows, back});
         if (it != mm_.end()) return it->second;
-        const dnnl::memory::desc v({16, rows, in_}, dt::f32, tag::abc), u({16, in_, out_}, dt::f32, tag::abc),
-            m({16, rows, out_}, dt::f32, tag::abc);
+        const int64_t ci = back ? out_ : in_, co = back ? in_ : out_;
+        const dnnl::memory::desc v({16, rows, ci}, dt::f32, tag::abc), m({16, rows, co}, dt::f32, tag::abc),
+            u = back ? dnnl::memory::desc({16, out_, in_}, dt::f32, dims{in_ * out_, 1, out_})
+                     : dnnl::memory::desc({16, in_, out_}, dt::f32, tag::abc);
         Matmul mm;
         mm.pd = dnnl::matmul::primitive_desc(dnnl::matmul::desc(v, u, m), Backend::attr(), Backend::get().engine());
         mm.prim = dnnl::matmul(mm.pd);
-        return mm_.emplace(rows, std::move(mm)).first->second;
+        return mm_.emplace(std::make_pair(rows, back), std::move(mm)).first->second;
     }
 
 #ifdef TLCPU_WINOGRAD_X86
     // One channel block of one image: every 4x4 tile (zero outside the image) to
-    // B^T d B, B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], each value 8 channels wide.
-    // x: the block's plane [H][W][8]; v: this image's first tile row at this channel block,
-    // rows: the tile rows of one chunk (the stride between tile positions xi).
-    __attribute__((target("avx2,fma"))) void input_tiles(const float* x, float* v, int64_t rows) const {
+    // B^T d B, B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], each value 8 channels wide,
+    // stored at tile position (s[r], s[q]). x: the block's plane [H][W][8]; v: this image's
+    // first tile at this channel block; rows: the tiles of one chunk (the stride between
+    // positions), ch: channels of a tile row.
+    __attribute__((target("avx2,fma"))) void input_tiles(const float* x, float* v, int64_t rows, int64_t ch, const int* s) const {
         const __m256 zero = _mm256_setzero_ps();
         for (int64_t ty = 0; ty < th_; ++ty)
             for (int64_t tx = 0; tx < tw_; ++tx) {
@@ -157,30 +175,30 @@ private:
                     t[2][q] = _mm256_sub_ps(d[2][q], d[1][q]);
                     t[3][q] = _mm256_sub_ps(d[1][q], d[3][q]);
                 }
-                float* at = v + (ty * tw_ + tx) * in_;
+                float* at = v + (ty * tw_ + tx) * ch;
                 for (int r = 0; r < 4; ++r) {
                     const __m256 o[4] = {_mm256_sub_ps(t[r][0], t[r][2]), _mm256_add_ps(t[r][1], t[r][2]),
                                          _mm256_sub_ps(t[r][2], t[r][1]), _mm256_sub_ps(t[r][1], t[r][3])};
-                    for (int q = 0; q < 4; ++q) _mm256_storeu_ps(at + (r * 4 + q) * rows * in_, o[q]);
+                    for (int q = 0; q < 4; ++q) _mm256_storeu_ps(at + (s[r] * 4 + s[q]) * rows * ch, o[q]);
                 }
             }
     }
-    // One output channel block of one image: A^T M A + bias (and ReLU) for every tile,
-    // A^T = [1 1 1 0; 0 1 -1 -1], the tile's right column and bottom row dropped past the
-    // image's edge.
-    __attribute__((target("avx2,fma"))) void output_tiles(const float* m, const float* bias, bool relu, float* y,
-                                                          int64_t rows) const {
+    // One output channel block of one image: A^T M A + bias (and ReLU) for every tile, M read
+    // at positions (s[r], s[q]), A^T = [1 1 1 0; 0 1 -1 -1], the tile's right column and
+    // bottom row dropped past the image's edge.
+    __attribute__((target("avx2,fma"))) void output_tiles(const float* m, const float* bias, bool relu, float* y, int64_t rows,
+                                                          int64_t ch, const int* s) const {
         const __m256 b = _mm256_loadu_ps(bias), zero = _mm256_setzero_ps();
         for (int64_t ty = 0; ty < th_; ++ty)
             for (int64_t tx = 0; tx < tw_; ++tx) {
-                const float* at = m + (ty * tw_ + tx) * out_;
-                __m256 s[4][4];
+                const float* at = m + (ty * tw_ + tx) * ch;
+                __m256 e[4][4];
                 for (int r = 0; r < 4; ++r)
-                    for (int q = 0; q < 4; ++q) s[r][q] = _mm256_loadu_ps(at + (r * 4 + q) * rows * out_);
+                    for (int q = 0; q < 4; ++q) e[r][q] = _mm256_loadu_ps(at + (s[r] * 4 + s[q]) * rows * ch);
                 __m256 t[2][4];
                 for (int q = 0; q < 4; ++q) {
-                    t[0][q] = _mm256_add_ps(_mm256_add_ps(s[0][q], s[1][q]), s[2][q]);
-                    t[1][q] = _mm256_sub_ps(_mm256_sub_ps(s[1][q], s[2][q]), s[3][q]);
+                    t[0][q] = _mm256_add_ps(_mm256_add_ps(e[0][q], e[1][q]), e[2][q]);
+                    t[1][q] = _mm256_sub_ps(_mm256_sub_ps(e[1][q], e[2][q]), e[3][q]);
                 }
                 for (int r = 0; r < 2; ++r) {
                     const int64_t yy = 2 * ty + r;
@@ -194,8 +212,10 @@ private:
             }
     }
 #else
-    void input_tiles(const float*, float*, int64_t) const { fail("Winograd2x3 needs an x86 CPU"); }
-    void output_tiles(const float*, const float*, bool, float*, int64_t) const { fail("Winograd2x3 needs an x86 CPU"); }
+    void input_tiles(const float*, float*, int64_t, int64_t, const int*) const { fail("Winograd2x3 needs an x86 CPU"); }
+    void output_tiles(const float*, const float*, bool, float*, int64_t, int64_t, const int*) const {
+        fail("Winograd2x3 needs an x86 CPU");
+    }
 #endif
 };
 

@@ -76,7 +76,7 @@ public:
             k += std::string(", backward-weights ") +
                  (last_->bwd->mprim ? std::string("matmul ") + last_->bwd->mpd.impl_info_str()
                                     : std::string(last_->bwd->wpd.impl_info_str())) +
-                 ", backward-data " + (last_->bwd->wino ? Winograd2x3::name : last_->bwd->dpd.impl_info_str());
+                 ", backward-data " + (last_->wino ? Winograd2x3::name : last_->bwd->dpd.impl_info_str());
         return k;
     }
     std::string folded_kernel() const {
@@ -227,16 +227,12 @@ public:
             reorder(dw, view(grad_of(weight)));
         }
         if (!need_dx) return nullptr;
-        if (b.wino) {  // the input gradient as a Winograd conv of dy with the flipped kernel
-            if (b.weight_version != weight.version) {
-                b.wino->set_weights(weight.value.data(), /*flip=*/true);
-                b.weight_version = weight.version;
-            }
+        if (p.wino) {  // the input gradient by the forward's Winograd (its transformed weights, read turned)
             Backend::BufferPool::Hold keep_w(pool, g_w ? &g_w : nullptr);
             const dnnl::memory g = g_w && g_w.get_desc() == p.pd.dst_desc() ? g_w : converted(p.pd.dst_desc());
             Backend::BufferPool::Hold keep_g(pool, &g);
             b.diff_src = pool.take(p.pd.src_desc(), &dy);
-            b.wino->run(g, b.diff_src, nullptr, false);
+            p.wino->run_backward_data(g, b.diff_src);
             return &b.diff_src;
         }
         if (!b.shares_weights && b.weight_version != weight.version) {
@@ -270,7 +266,6 @@ private:
         bool col_first = false;  // f32: dW^T = col^T x dy (the matmul's A is the column buffer)
         uint64_t weight_version = 0;
         bool shares_weights = false;  // backward-data reads the forward's copy (same layout: Winograd's)
-        std::unique_ptr<Winograd2x3> wino;  // backward-data by tlcpu's Winograd (dpd, dprim not made)
     };
     struct Plan {
         dnnl::convolution_forward::primitive_desc pd;
@@ -281,7 +276,7 @@ private:
         dt precision = dt::f32;
         size_t winograd = 0;  // Backend::winograd_key() when made (not whether this shape got Winograd)
         std::unique_ptr<Backward> bwd;
-        std::unique_ptr<Winograd2x3> wino;  // tlcpu's Winograd runs the forward (prim, weights not made)
+        std::unique_ptr<Winograd2x3> wino;  // tlcpu's Winograd runs the forward and backward-data (prim, weights not made)
     };
 
     static auto any(const dims& d, dt t = dt::f32) { return dnnl::memory::desc(d, t, tag::any); }
@@ -422,10 +417,7 @@ private:
             }, Backend::attr(), p.pd);
             b.wprim = dnnl::convolution_backward_weights(b.wpd);
         }
-        if (p.wino) {  // the forward ran tlcpu's Winograd: so does the input gradient (in and out swapped)
-            b.wino = std::make_unique<Winograd2x3>(out_, in_, src[2], src[3]);
-            return b;
-        }
+        if (p.wino) return b;  // the forward ran tlcpu's Winograd: so does the input gradient (dpd, dprim not made)
         b.dpd = pick<dnnl::convolution_backward_data::primitive_desc>(wants_winograd(t, p.winograd), [&](dnnl::algorithm algo) {
             return dnnl::convolution_backward_data::desc(algo, any(src), any(wei, t), any(dst, t), {s_, s_}, {p_, p_}, {p_, p_});
         }, Backend::attr(), p.pd);
