@@ -22,6 +22,22 @@ Tensor randn(Shape s, uint64_t seed, float sd = 1.f) {
     return t;
 }
 
+// A ReLU's output, as a bottleneck's 3x3 conv reads.
+Tensor relu_randn(Shape s, uint64_t seed) {
+    Tensor t = randn(std::move(s), seed);
+    for (float& v : t) v = std::max(v, 0.f);
+    return t;
+}
+
+// A BatchNorm with running statistics to fold in, drawn from seeds seed .. seed + 2.
+template <int C>
+void randomize(BatchNorm2d<C>& bn, uint64_t seed) {
+    bn.weight.value = randn({C}, seed, 0.3f);
+    bn.bias.value = randn({C}, seed + 1, 0.1f);
+    bn.running_mean.value = randn({C}, seed + 2, 0.1f);
+    for (float& v : bn.running_var.value) v = 0.5f;
+}
+
 struct WinogradGuard {
     bool saved = Backend::get().winograd;
     ~WinogradGuard() { Backend::get().winograd = saved; }
@@ -84,8 +100,7 @@ TEST_CASE("Winograd 3x3 convs: forward and both gradients match a double loop, a
     Conv2d<64, 64, 3, 1, 1> conv;  // ResNet-50 layer1's 3x3 width: oneDNN blocks channels by 16
     conv.weight.value = randn({64, 64, 3, 3}, 1, 1.f / 24.f);
     conv.weight.touch();
-    Tensor x = randn({2, 64, 12, 10}, 2);
-    for (float& v : x) v = std::max(v, 0.f);  // a ReLU's output, as in a bottleneck
+    const Tensor x = relu_randn({2, 64, 12, 10}, 2);
     const Tensor dy = randn({2, 64, 12, 10}, 3);
     const Reference ref = conv3x3_loop(x, conv.weight.value, dy);
 
@@ -134,12 +149,8 @@ TEST_CASE("Winograd in a frozen conv with BatchNorm folded in and a ReLU post-op
     Conv2d<64, 64, 3, 1, 1> conv;
     BatchNorm2d<64> bn;
     conv.weight.value = randn({64, 64, 3, 3}, 4, 1.f / 24.f);
-    bn.weight.value = randn({64}, 5, 0.3f);
-    bn.bias.value = randn({64}, 6, 0.1f);
-    bn.running_mean.value = randn({64}, 7, 0.1f);
-    for (float& v : bn.running_var.value) v = 0.5f;
-    Tensor x = randn({2, 64, 9, 14}, 8);
-    for (float& v : x) v = std::max(v, 0.f);
+    randomize(bn, 5);
+    const Tensor x = relu_randn({2, 64, 9, 14}, 8);
     Backend::get().winograd = false;
     const Tensor direct = to_tensor(conv.forward_folded(view(x), bn, true, nullptr, false, dt::f32));
     CHECK(conv.folded_kernel().find("wino") == std::string::npos);
@@ -199,8 +210,7 @@ TEST_CASE("tlcpu's Winograd F(2x2, 3x3) on AVX2: forward and input gradient matc
     Conv2d<256, 256, 3, 1, 1> conv;  // layer3's 3x3 width
     conv.weight.value = randn({256, 256, 3, 3}, 40, 1.f / 48.f);
     conv.weight.touch();
-    Tensor x = randn({2, 256, 9, 7}, 41);  // odd sides: the last tile row and column stick out
-    for (float& v : x) v = std::max(v, 0.f);
+    const Tensor x = relu_randn({2, 256, 9, 7}, 41);  // odd sides: the last tile row and column stick out
     const Tensor dy = randn({2, 256, 9, 7}, 42);
     Backend::get().winograd = false;
     const Run direct = run(conv, x, dy);
@@ -257,13 +267,9 @@ TEST_CASE("tlcpu's Winograd F(2x2, 3x3) in a frozen conv: folded BatchNorm, ReLU
     Conv2d<512, 512, 3, 1, 1> conv;  // layer4's
     BatchNorm2d<512> bn;
     conv.weight.value = randn({512, 512, 3, 3}, 50, 1.f / 68.f);
-    bn.weight.value = randn({512}, 51, 0.3f);
-    bn.bias.value = randn({512}, 52, 0.1f);
-    bn.running_mean.value = randn({512}, 53, 0.1f);
-    for (float& v : bn.running_var.value) v = 0.5f;
+    randomize(bn, 51);
     // 9 images of 7x7: 16 tiles each, chunks of 8 images (Winograd2x3's 4 MiB), so a chunk of 1 follows
-    Tensor x = randn({9, 512, 7, 7}, 54);
-    for (float& v : x) v = std::max(v, 0.f);
+    const Tensor x = relu_randn({9, 512, 7, 7}, 54);
     Backend::get().winograd = false;
     const Tensor direct = to_tensor(conv.forward_folded(view(x), bn, true, nullptr, false, dt::f32));
     Backend::get().winograd = true;

@@ -290,11 +290,12 @@ private:
     // is over Backend::winograd_max_scratchpad, gets the direct conv.
     // (key: Backend::winograd_key(), over 1 for oneDNN's kernel)
     bool wants_winograd(dt t, size_t key = Backend::get().winograd_key()) { return k_ == 3 && s_ == 1 && t == dt::f32 && key > 1; }
-    // Where oneDNN has no Winograd (AVX2 CPUs), tlcpu's F(2x2, 3x3) takes the forward of the
-    // 3x3 stride-1 f32 convs Winograd2x3::suits, on the nChw8c activations oneDNN's direct
-    // kernel picks there (pd: that direct conv's, whose layouts the rest of the network sees).
+    // Where oneDNN has no Winograd (AVX2 CPUs), tlcpu's F(2x2, 3x3) takes the forward and the
+    // input gradient of the 3x3 stride-1 f32 convs Winograd2x3::suits, on the nChw8c
+    // activations oneDNN's direct kernel picks there (pd: that direct conv's, whose layouts
+    // the rest of the network sees).
     std::unique_ptr<Winograd2x3> own_winograd(const dnnl::convolution_forward::primitive_desc& pd, dt t, size_t key) const {
-        const dims src = pd.src_desc().dims(), dst = pd.dst_desc().dims();
+        const dims src = pd.src_desc().dims();
         auto blocked = [](const dnnl::memory::desc& m) { return m == dnnl::memory::desc(m.dims(), dt::f32, tag::aBcd8b); };
         if (key != 1 || k_ != 3 || s_ != 1 || p_ != 1 || t != dt::f32 || !blocked(pd.src_desc()) || !blocked(pd.dst_desc()) ||
             !Winograd2x3::suits(src[0], in_, out_, src[2], src[3]))
