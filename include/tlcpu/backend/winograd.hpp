@@ -26,7 +26,6 @@ namespace tlcpu {
 class Winograd2x3 {
 public:
     static constexpr const char* name = "tlcpu winograd F(2x2,3x3) avx2";
-    static bool available() { return Backend::own_winograd(); }
 
     // Which shapes take it, measured on the AMD EPYC machine (Zen 3, 2 threads; oneDNN's
     // direct jit:avx2 kernel against this, forward with bias and ReLU, ms, medians of 5):
@@ -36,7 +35,7 @@ public:
     // 1.62 -> 0.80, 512 @7 1.71 -> 2.67 (16 tiles: too few rows). So: at least 256 input and
     // output channels and 32 tiles in the batch.
     static bool suits(int64_t n, int64_t in, int64_t out, int64_t h, int64_t w) {
-        return available() && in >= 256 && out >= 256 && in % 8 == 0 && out % 8 == 0 &&
+        return Backend::own_winograd() && in >= 256 && out >= 256 && in % 8 == 0 && out % 8 == 0 &&
                n * ((h + 1) / 2) * ((w + 1) / 2) >= 32;
     }
 
@@ -74,23 +73,13 @@ public:
 
     // y = relu?(conv3x3(x) + bias), stride 1, padding 1; x and y nChw8c of n images; bias:
     // Out values, or none.
-    void run(const dnnl::memory& x, const dnnl::memory& y, const float* bias, bool relu) {
-        Backend::get().wait();  // bias may be what a reorder just wrote
-        if (bias)
-            std::copy(bias, bias + out_, b_.begin());
-        else
-            std::fill(b_.begin(), b_.end(), 0.f);
-        go(x, y, false, relu);
-    }
+    void run(const dnnl::memory& x, const dnnl::memory& y, const float* bias, bool relu) { go(x, y, bias, relu, false); }
     // The input gradient dx (In channels) of dy (Out channels): a conv with the kernel
     // w'[c][o] = w[o][c] turned by 180 degrees. Turning g turns G g G^T's rows and columns
     // by the permutation (3 1 2 0) (G g' = P G g), so its U is U[(s(i), s(j))] transposed:
     // the tiles are stored and read at the permuted positions and the matmul reads U with
     // its last two dimensions swapped.
-    void run_backward_data(const dnnl::memory& dy, const dnnl::memory& dx) {
-        std::fill(b_.begin(), b_.end(), 0.f);
-        go(dy, dx, true, false);
-    }
+    void run_backward_data(const dnnl::memory& dy, const dnnl::memory& dx) { go(dy, dx, nullptr, false, true); }
 
     int64_t chunk() const { return chunk_; }
 
@@ -103,13 +92,17 @@ private:
     };
     std::map<std::pair<int64_t, bool>, Matmul> mm_;  // by rows (a full chunk, the last one when shorter) and direction
 
-    void go(const dnnl::memory& x, const dnnl::memory& y, bool back, bool relu) {
+    void go(const dnnl::memory& x, const dnnl::memory& y, const float* bias, bool relu, bool back) {
         auto& be = Backend::get();
         const int64_t ci = back ? out_ : in_, co = back ? in_ : out_;  // channels read and written
         const dims d = x.get_desc().dims();
         check(d[1] == ci && d[2] == h_ && d[3] == w_, "Winograd2x3 got input " + to_string(d));
         const int64_t n = d[0], tiles = th_ * tw_;
-        be.wait();
+        be.wait();  // x, and the bias, may be what a reorder just wrote
+        if (bias)
+            std::copy(bias, bias + co, b_.begin());
+        else
+            std::fill(b_.begin(), b_.end(), 0.f);
         const float* xp = static_cast<const float*>(x.get_data_handle());
         float* yp = static_cast<float*>(y.get_data_handle());
         const int64_t most = std::min(chunk_, n);

@@ -127,11 +127,12 @@ protected:  // Conv2d's forward_folded and forward_int8 check the BatchNorm's wi
             p.dst = Backend::get().acts().take(p.pd.dst_desc(), &x);
             if (residual) reorder(*residual, p.dst);
         }
+        const dnnl::memory& src = as_desc(x, p.pd.src_desc(), p.src_scratch);
         if (p.wino) {  // (never with a residual: see make_folded)
-            p.wino->run(as_desc(x, p.pd.src_desc(), p.src_scratch), *dst, static_cast<const float*>(p.bias.get_data_handle()), relu);
+            p.wino->run(src, *dst, static_cast<const float*>(p.bias.get_data_handle()), relu);
             return *dst;
         }
-        Backend::get().run(p.prim, {{DNNL_ARG_SRC, as_desc(x, p.pd.src_desc(), p.src_scratch)},
+        Backend::get().run(p.prim, {{DNNL_ARG_SRC, src},
                                     {DNNL_ARG_WEIGHTS, p.weights},
                                     {DNNL_ARG_BIAS, p.bias},
                                     {DNNL_ARG_DST, *dst}});
@@ -227,24 +228,23 @@ public:
             reorder(dw, view(grad_of(weight)));
         }
         if (!need_dx) return nullptr;
-        if (p.wino) {  // the input gradient by the forward's Winograd (its transformed weights, read turned)
-            Backend::BufferPool::Hold keep_w(pool, g_w ? &g_w : nullptr);
-            const dnnl::memory g = g_w && g_w.get_desc() == p.pd.dst_desc() ? g_w : converted(p.pd.dst_desc());
-            Backend::BufferPool::Hold keep_g(pool, &g);
-            b.diff_src = pool.take(p.pd.src_desc(), &dy);
-            p.wino->run_backward_data(g, b.diff_src);
-            return &b.diff_src;
-        }
-        if (!b.shares_weights && b.weight_version != weight.version) {
+        if (!p.wino && !b.shares_weights && b.weight_version != weight.version) {
             reorder(view(weight.value), b.weights);
             b.weight_version = weight.version;
         }
+        // tlcpu's Winograd (the forward's transformed weights, read turned) works in the
+        // forward's layouts; oneDNN's pass in those of its descriptor
+        const dnnl::memory::desc dy_md = p.wino ? p.pd.dst_desc() : b.dpd.diff_dst_desc(),
+                                 dx_md = p.wino ? p.pd.src_desc() : b.dpd.diff_src_desc();
         Backend::BufferPool::Hold keep_w(pool, g_w ? &g_w : nullptr);  // the takes below must not land on it
-        const dnnl::memory g = g_w && g_w.get_desc() == b.dpd.diff_dst_desc() ? g_w : converted(b.dpd.diff_dst_desc());
+        const dnnl::memory g = g_w && g_w.get_desc() == dy_md ? g_w : converted(dy_md);
         Backend::BufferPool::Hold keep_g(pool, &g);
-        b.diff_src = pool.take(b.dpd.diff_src_desc(), &dy);
-        be.run(b.dprim, {{DNNL_ARG_DIFF_DST, g}, {DNNL_ARG_WEIGHTS, b.shares_weights ? p.weights : b.weights},
-                         {DNNL_ARG_DIFF_SRC, b.diff_src}});
+        b.diff_src = pool.take(dx_md, &dy);
+        if (p.wino)
+            p.wino->run_backward_data(g, b.diff_src);
+        else
+            be.run(b.dprim, {{DNNL_ARG_DIFF_DST, g}, {DNNL_ARG_WEIGHTS, b.shares_weights ? p.weights : b.weights},
+                             {DNNL_ARG_DIFF_SRC, b.diff_src}});
         return &b.diff_src;
     }
 
