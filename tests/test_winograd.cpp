@@ -226,15 +226,19 @@ TEST_CASE("tlcpu's Winograd F(2x2, 3x3) on AVX2: forward and input gradient matc
     }
     CHECK(k.find(std::string("forward ") + Winograd2x3::name) != std::string::npos);
     CHECK(k.find(std::string("backward-data ") + Winograd2x3::name) != std::string::npos);
+    CHECK(k.find(std::string("backward-weights ") + Winograd2x3::name) != std::string::npos);
     const Reference ref = conv3x3_loop(x, conv.weight.value, dy);
     CAPTURE(max_rel_diff(direct.y, ref.y));
     CAPTURE(max_rel_diff(wino.y, ref.y));
     CAPTURE(max_rel_diff(wino.dx, ref.dx));
     CHECK(max_rel_diff(wino.y, ref.y) < 1e-5);
     CHECK(max_rel_diff(wino.dx, ref.dx) < 1e-5);
-    CHECK(max_rel_diff(wino.dw, ref.dw) < 1e-5);  // (the direct weight gradient, from the same x and dy)
+    CAPTURE(max_rel_diff(direct.dw, ref.dw));
+    CAPTURE(max_rel_diff(wino.dw, ref.dw));
+    CHECK(max_rel_diff(wino.dw, ref.dw) < 1e-5);
     CHECK_FALSE(same_bits(wino.y, direct.y));
     CHECK_FALSE(same_bits(wino.dx, direct.dx));
+    CHECK_FALSE(same_bits(wino.dw, direct.dw));
     CHECK(same_bits(wino.y, again.y));
     CHECK(same_bits(wino.dx, again.dx));
     CHECK(same_bits(wino.dw, again.dw));
@@ -243,6 +247,19 @@ TEST_CASE("tlcpu's Winograd F(2x2, 3x3) on AVX2: forward and input gradient matc
     CHECK(conv.kernels().find(Winograd2x3::name) == std::string::npos);
     CHECK(same_bits(back.y, direct.y));
     CHECK(same_bits(back.dx, direct.dx));
+    CHECK(same_bits(back.dw, direct.dw));
+
+    // 15 images: the weight gradient's products in two chunks of 8 and 7 images (its 8 MiB),
+    // the second added to the first's
+    const Tensor x15 = relu_randn({15, 256, 9, 7}, 46), dy15 = randn({15, 256, 9, 7}, 47);
+    const Run direct15 = run(conv, x15, dy15);
+    Backend::get().winograd = true;
+    const Run wino15 = run(conv, x15, dy15);
+    CHECK(conv.kernels().find(std::string("backward-weights ") + Winograd2x3::name) != std::string::npos);
+    CAPTURE(max_rel_diff(wino15.dw, direct15.dw));
+    CHECK(max_rel_diff(wino15.dw, direct15.dw) < 1e-5);
+    CHECK_FALSE(same_bits(wino15.dw, direct15.dw));
+    Backend::get().winograd = false;
 
     // layer4's width, 9 images of 7x7 in chunks of 8 and 1: the forward and the input
     // gradient (the transformed weights read turned) against the direct conv's
@@ -255,6 +272,7 @@ TEST_CASE("tlcpu's Winograd F(2x2, 3x3) on AVX2: forward and input gradient matc
     const Run wino9 = run(wide, x9, dy9);
     CAPTURE(wide.kernels());
     CHECK(wide.kernels().find(std::string("backward-data ") + Winograd2x3::name) != std::string::npos);
+    CHECK(wide.kernels().find("backward-weights matmul") != std::string::npos);  // 7x7: the im2col matmul's
     CAPTURE(max_rel_diff(wino9.y, direct9.y));
     CAPTURE(max_rel_diff(wino9.dx, direct9.dx));
     CHECK(max_rel_diff(wino9.y, direct9.y) < 1e-5);

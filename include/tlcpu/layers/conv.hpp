@@ -74,8 +74,9 @@ public:
         std::string k = last_ ? std::string("forward ") + (last_->wino ? Winograd2x3::name : last_->pd.impl_info_str()) : "";
         if (last_ && last_->bwd)
             k += std::string(", backward-weights ") +
-                 (last_->bwd->mprim ? std::string("matmul ") + last_->bwd->mpd.impl_info_str()
-                                    : std::string(last_->bwd->wpd.impl_info_str())) +
+                 (last_->bwd->wino_weights ? std::string(Winograd2x3::name)
+                  : last_->bwd->mprim ? std::string("matmul ") + last_->bwd->mpd.impl_info_str()
+                                      : std::string(last_->bwd->wpd.impl_info_str())) +
                  ", backward-data " + (last_->wino ? Winograd2x3::name : last_->bwd->dpd.impl_info_str());
         return k;
     }
@@ -196,7 +197,13 @@ public:
             return m;
         };
         dnnl::memory g_w;  // dy as backward-weights read it (bf16: converted once for both passes)
-        if (weight.trainable && b.mprim) {
+        if (weight.trainable && b.wino_weights) {
+            const dnnl::memory dw = be.weight_grad_buffer(dnnl::memory::desc({out_, in_, 3, 3}, dt::f32, tag::cdba));
+            g_w = converted(p.pd.dst_desc());
+            p.wino->run_backward_weights(p.src, g_w, static_cast<float*>(dw.get_data_handle()),
+                                         has_bias_ ? grad_of(bias).data() : nullptr);
+            reorder(dw, view(grad_of(weight)));
+        } else if (weight.trainable && b.mprim) {
             g_w = converted(b.mm_dy);
             const auto& eng = be.engine();
             void* cols = p.src.get_data_handle();  // a 1x1 stride-1 conv reads its input's rows as they are
@@ -266,6 +273,7 @@ private:
         bool col_first = false;  // f32: dW^T = col^T x dy (the matmul's A is the column buffer)
         uint64_t weight_version = 0;
         bool shares_weights = false;  // backward-data reads the forward's copy (same layout: Winograd's)
+        bool wino_weights = false;    // tlcpu's Winograd computes the weight gradient too
     };
     struct Plan {
         dnnl::convolution_forward::primitive_desc pd;
@@ -355,6 +363,12 @@ private:
         const dims src = p.pd.src_desc().dims(), dst = p.pd.dst_desc().dims(), wei{out_, in_, k_, k_};
         const dt t = p.precision;  // what the products run in; gradients leave in f32
         Backward b;
+        // tlcpu's Winograd (p.wino) computes the input gradient, and the weight gradient where
+        // that is faster: at batch 32, 2 threads, 256 @14 54 -> 33 ms against oneDNN's kernel,
+        // but 512 @7 ~50 -> 48-60 against the matmul below (its 2x2 tiles cover 8x8 pixels of
+        // the 7x7: 1.3x the work), so not on images of 7x7 or less.
+        b.wino_weights = p.wino && dst[2] * dst[3] > 49;
+        if (b.wino_weights) return b;  // (no primitive made)
         // oneDNN 2.6's bf16 backward-weights kernel is slow where the image is small: on AMX at
         // batch 32, layer4's 1x1 convs run at 250-300 GFLOP/s and its 3x3 ones at 330-650,
         // while its matmul reaches ~1,900 on the same products. With NHWC activations (what bf16
@@ -408,6 +422,7 @@ private:
                 b.col_first = col_first;
             }
         }
+        if (p.wino) return b;  // the forward ran tlcpu's Winograd: so does the input gradient (dpd, dprim not made)
         if (!b.mprim) {  // the forward's algorithm, as long as oneDNN has it for the backward pass too
             b.wpd = pick<dnnl::convolution_backward_weights::primitive_desc>(wants_winograd(t, p.winograd), [&](dnnl::algorithm algo) {
                 return has_bias_ ? dnnl::convolution_backward_weights::desc(algo, any(src, t), any(wei),
@@ -418,7 +433,6 @@ private:
             }, Backend::attr(), p.pd);
             b.wprim = dnnl::convolution_backward_weights(b.wpd);
         }
-        if (p.wino) return b;  // the forward ran tlcpu's Winograd: so does the input gradient (dpd, dprim not made)
         b.dpd = pick<dnnl::convolution_backward_data::primitive_desc>(wants_winograd(t, p.winograd), [&](dnnl::algorithm algo) {
             return dnnl::convolution_backward_data::desc(algo, any(src), any(wei, t), any(dst, t), {s_, s_}, {p_, p_}, {p_, p_});
         }, Backend::attr(), p.pd);
