@@ -458,27 +458,31 @@ struct is_maxpool<MaxPool2d<K, S, P, C>> : std::true_type {
     static constexpr int k = K, s = S, p = P;
 };
 
-// The sign of every ReLU output, and for a max pool fed by a ReLU (the stem's) the position
-// of each window's maximum within its window.
+// The sign of every ReLU output (a ReLU layer's, or a BatchNorm's with its ReLU), and for a
+// max pool fed by a ReLU (the stem's) the position of each window's maximum within its window.
 template <class Model>
 Signature kink_signature(Model& m) {
     Backend::get().wait();
     Signature sig;
-    const ReLU* last = nullptr;  // the previous layer, when that was a ReLU
+    const dnnl::memory* last = nullptr;  // the previous layer's output, when it ended in a ReLU
     for_each_layer(m, [&](auto& l) {
         using L = std::remove_cvref_t<decltype(l)>;
-        if constexpr (std::is_same_v<L, ReLU>) {
-            // Straight from the output buffer: its layout is the same at every evaluation.
-            const dnnl::memory& y = l.output();
-            const float* v = static_cast<const float*>(y.get_data_handle());
-            const size_t n = y.get_desc().get_size() / sizeof(float);
-            for (size_t k = 0; k < n; ++k) sig.push_back(v[k] > 0);
-            last = &l;
-            return;
+        bool relu = std::is_same_v<L, ReLU>;
+        if constexpr (std::is_base_of_v<detail::BNCore, L>) relu = l.relu;
+        if constexpr (std::is_same_v<L, ReLU> || std::is_base_of_v<detail::BNCore, L>) {
+            if (relu) {
+                // Straight from the output buffer: its layout is the same at every evaluation.
+                const dnnl::memory& y = l.output();
+                const float* v = static_cast<const float*>(y.get_data_handle());
+                const size_t n = y.get_desc().get_size() / sizeof(float);
+                for (size_t k = 0; k < n; ++k) sig.push_back(v[k] > 0);
+                last = &y;
+                return;
+            }
         } else if constexpr (is_maxpool<L>::value) {
             constexpr int K = is_maxpool<L>::k, S = is_maxpool<L>::s, P = is_maxpool<L>::p;
             REQUIRE(last != nullptr);
-            const Tensor x = to_tensor(last->output());
+            const Tensor x = to_tensor(*last);
             const dims yd = l.output().get_desc().dims();
             const int64_t planes = x.dim(0) * x.dim(1), h = x.dim(2), w = x.dim(3), oh = yd[2], ow = yd[3];
             for (int64_t plane = 0; plane < planes; ++plane)

@@ -10,12 +10,11 @@ void lesson::stem() {
 
     // Layer by layer, in inference mode (the stem is frozen).
     const Tensor a = to_tensor(conv1.forward(view(x), Mode::inference));
-    const Tensor b = to_tensor(bn1.forward(conv1.output(), Mode::inference));
-    const Tensor c = to_tensor(stem.get<2>().forward(bn1.output(), Mode::inference));
-    const Tensor d = to_tensor(stem.get<3>().forward(stem.get<2>().output(), Mode::inference));
+    const Tensor c = to_tensor(bn1.forward(conv1.output(), Mode::inference));  // with its ReLU (bn1.relu)
+    const Tensor d = to_tensor(stem.get<2>().forward(bn1.output(), Mode::inference));
     std::printf("input %s\n", to_string(x.shape()).c_str());
     std::printf("conv1 7x7 stride 2 pad 3: %s   (224 + 2*3 - 7) / 2 + 1 = 112\n", to_string(a.shape()).c_str());
-    std::printf("bn1, relu: %s, %.1f%% of values zeroed by the ReLU\n", to_string(c.shape()).c_str(),
+    std::printf("bn1 and its ReLU (one pass): %s, %.1f%% of values zeroed by the ReLU\n", to_string(c.shape()).c_str(),
                 100.0 * double(std::count(c.begin(), c.end(), 0.f)) / double(c.size()));
     std::printf("maxpool 3x3 stride 2 pad 0 ceil (caffe): %s   ceil((112 - 3) / 2) + 1 = 56\n", to_string(d.shape()).c_str());
     check(a.shape() == Shape{1, 64, 112, 112} && d.shape() == Shape{1, 64, 56, 56}, "shapes [1,64,112,112] and [1,64,56,56]");
@@ -40,10 +39,11 @@ void lesson::stem() {
 
     const float s = bn1.weight.value[o] / std::sqrt(bn1.running_var.value[o] + bn1.config.eps);
     const float bn_hand = (got - bn1.running_mean.value[o]) * s + bn1.bias.value[o];
-    std::printf("bn1: (%.5f - mean %.5f) * gamma %.5f / sqrt(var %.5f + 1e-5) + beta %.5f = %.5f\n", got,
-                bn1.running_mean.value[o], bn1.weight.value[o], bn1.running_var.value[o], bn1.bias.value[o], bn_hand);
-    check(std::abs(b[(o * 112 + i) * 112 + j] - bn_hand) <= 1e-5f * (std::abs(bn_hand) + 1),
-          "bn1 applies the running statistics and the affine map");
+    const float relu_hand = std::max(0.f, bn_hand);
+    std::printf("bn1: max(0, (%.5f - mean %.5f) * gamma %.5f / sqrt(var %.5f + 1e-5) + beta %.5f) = %.5f\n", got,
+                bn1.running_mean.value[o], bn1.weight.value[o], bn1.running_var.value[o], bn1.bias.value[o], relu_hand);
+    check(std::abs(c[(o * 112 + i) * 112 + j] - relu_hand) <= 1e-5f * (std::abs(bn_hand) + 1),
+          "bn1 applies the running statistics, the affine map and its ReLU");
 
     float top = 0;
     for (int yy = 2 * 28; yy < 2 * 28 + 3; ++yy)

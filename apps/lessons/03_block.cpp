@@ -19,9 +19,10 @@ void lesson::block() {
     };
     std::printf("layer1.0 on the stem's output %s:\n", to_string(s0.shape()).c_str());
     const Mode inf = Mode::inference;
-    Tensor h = step("conv1 1x1, 64 -> 64, bn1, relu1", b.relu1.forward(b.bn1.forward(b.conv1.forward(in, inf), inf), inf));
+    // (bn1 and bn2 apply their ReLU in the same pass: a ReLU layer would reread the tensor)
+    Tensor h = step("conv1 1x1, 64 -> 64, bn1 + ReLU", b.bn1.forward(b.conv1.forward(in, inf), inf));
     const Tensor h_copy = h;
-    h = step("conv2 3x3 pad 1, bn2, relu2", b.relu2.forward(b.bn2.forward(b.conv2.forward(view(h_copy), inf), inf), inf));
+    h = step("conv2 3x3 pad 1, bn2 + ReLU", b.bn2.forward(b.conv2.forward(view(h_copy), inf), inf));
     const Tensor g_copy = h;
     const Tensor main = step("conv3 1x1, 64 -> 256, bn3", b.bn3.forward(b.conv3.forward(view(g_copy), inf), inf));
     const Tensor shortcut = step("downsample: conv 1x1, 64 -> 256, bn", b.down_bn.forward(b.down_conv.forward(in, inf), inf));

@@ -53,7 +53,7 @@ void lesson::freeze() {
     for_each_layer(b5, [&](auto& l) {
         if constexpr (requires { l.backward_runs; }) std::printf(" %llu", (unsigned long long)l.backward_runs);
     });
-    std::printf("  (conv1 bn1 relu1 conv2 bn2 relu2 conv3 bn3 relu3)\n");
+    std::printf("  (conv1 bn1+ReLU conv2 bn2+ReLU conv3 bn3 relu3)\n");
     bool each_once = true;
     for_each_layer(b5, [&](auto& l) {
         if constexpr (requires { l.backward_runs; }) each_once &= l.backward_runs == 1;

@@ -18,18 +18,17 @@ public:
     void visit(const std::string&, const ParamVisitor&) {}
 
     const dnnl::memory& forward(const dnnl::memory& x, Mode mode) {
-        Plan& p = plans_.get(x.get_desc(), mode, [&] {
-            auto prop = mode == Mode::inference ? dnnl::prop_kind::forward_inference
-                                                : dnnl::prop_kind::forward_training;
-            auto& eng = Backend::get().engine();
-            Plan q;
-            q.pd = {{prop, dnnl::algorithm::eltwise_relu_use_dst_for_bwd, x.get_desc(), 0.f}, Backend::attr(), eng};
-            q.prim = dnnl::eltwise_forward(q.pd);
-            if (!in_place) q.own = dnnl::memory(q.pd.dst_desc(), eng);
-            return q;
-        });
+        Plan& p = plan(x.get_desc(), mode);
         p.dst = in_place ? x : p.own;
         Backend::get().run(p.prim, {{DNNL_ARG_SRC, x}, {DNNL_ARG_DST, p.dst}});
+        last_ = &p;
+        return p.dst;
+    }
+    // y already rectified by the primitive that wrote it (the residual sum's ReLU post-op):
+    // kept as this layer's output, all its backward reads, without a pass of its own.
+    const dnnl::memory& applied(const dnnl::memory& y, Mode mode) {
+        Plan& p = plan(y.get_desc(), mode);
+        p.dst = y;
         last_ = &p;
         return p.dst;
     }
@@ -53,6 +52,19 @@ public:
     }
 
 private:
+    struct Plan;
+    Plan& plan(const dnnl::memory::desc& x, Mode mode) {
+        return plans_.get(x, mode, [&] {
+            auto prop = mode == Mode::inference ? dnnl::prop_kind::forward_inference
+                                                : dnnl::prop_kind::forward_training;
+            auto& eng = Backend::get().engine();
+            Plan q;
+            q.pd = {{prop, dnnl::algorithm::eltwise_relu_use_dst_for_bwd, x, 0.f}, Backend::attr(), eng};
+            q.prim = dnnl::eltwise_forward(q.pd);
+            if (!in_place) q.own = dnnl::memory(q.pd.dst_desc(), eng);
+            return q;
+        });
+    }
     struct Plan {
         dnnl::eltwise_forward::primitive_desc pd;
         dnnl::eltwise_forward prim;

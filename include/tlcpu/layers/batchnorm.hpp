@@ -55,6 +55,11 @@ public:
     Param weight, bias, running_mean, running_var;
     BNConfig config;
     SumAcross sync;
+    // Output max(0, bn(x)) in the same pass (oneDNN's fuse_norm_relu), as a bottleneck's bn1
+    // and bn2 feed their conv: a separate ReLU would read and write the tensor once more
+    // forward and twice backward. Backward then zeroes dy where the output was clipped, from
+    // a bit mask the forward keeps.
+    bool relu = false;
 
     void visit(const std::string& prefix, const ParamVisitor& f) {
         f(prefix + "weight", weight);
@@ -69,7 +74,7 @@ public:
         const bool batch = uses_batch_stats(mode), synced = batch && bool(sync);
         auto make_plan = [&] { return make(x.get_desc(), mode, batch, synced); };
         Plan* p = &plans_.get(x.get_desc(), mode, make_plan);
-        if (p->batch != batch || p->synced != synced) {  // the mode or sync changed since the plan was made
+        if (p->batch != batch || p->synced != synced || p->relu != relu) {  // changed since the plan was made
             plans_.clear();
             p = &plans_.get(x.get_desc(), mode, make_plan);
         }
@@ -78,6 +83,7 @@ public:
         if (synced) count = global_stats(*p, x);
         std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, x}, {DNNL_ARG_DST, p->dst}};
         add_stats(args, *p);
+        if (p->mask) args[DNNL_ARG_WORKSPACE] = p->mask;
         Backend::get().run(p->prim, args);
         if (batch) update_running(*p, count);
         p->src = x;
@@ -110,8 +116,9 @@ public:
                                                    {DNNL_ARG_DIFF_SCALE, view(grad_of(weight))},
                                                    {DNNL_ARG_DIFF_SHIFT, view(grad_of(bias))}};
         add_stats(args, p);
+        if (p.mask) args[DNNL_ARG_WORKSPACE] = p.mask;
         Backend::get().run(b.prim, args);
-        if (p.synced && need_dx) correct_synced_dx(p);
+        if (p.synced && need_dx) correct_synced_dx(p);  // (dy masked by the ReLU throughout: still exact)
         return need_dx ? &b.diff_src : nullptr;
     }
 
@@ -125,8 +132,9 @@ private:
         dnnl::batch_normalization_forward::primitive_desc pd;
         dnnl::batch_normalization_forward prim;
         dnnl::memory dst, mean, var, src;  // mean/var: this batch's statistics (batch mode)
+        dnnl::memory mask;                  // the fused ReLU's, in training mode
         dnnl::normalization_flags flags;
-        bool batch = false, synced = false;
+        bool batch = false, synced = false, relu = false;
         Tensor x_plain;   // synced: the input in NCHW, for the statistics and backward's correction
         double count = 0; // synced: samples x pixels of the global batch
         Mode mode = Mode::inference;
@@ -148,6 +156,7 @@ private:
         check(d.size() == 4 && d[1] == c_, "BatchNorm2d<" + std::to_string(c_) + "> got input " + to_string(d));
         auto flags = dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift;
         if (!batch || synced) flags = flags | dnnl::normalization_flags::use_global_stats;
+        if (relu) flags = flags | dnnl::normalization_flags::fuse_norm_relu;
         auto prop = mode == Mode::training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
         auto& eng = Backend::get().engine();
         Plan p;
@@ -157,6 +166,8 @@ private:
         p.flags = flags;
         p.batch = batch;
         p.synced = synced;
+        p.relu = relu;
+        if (relu && mode == Mode::training) p.mask = dnnl::memory(p.pd.workspace_desc(), eng);
         p.mode = mode;
         if (batch) {
             p.mean = dnnl::memory(p.pd.mean_desc(), eng);

@@ -99,22 +99,32 @@ protected:
     const dnnl::memory* out_ = nullptr;
 };
 
-// y = a + b, elementwise, in a's layout (a oneDNN binary primitive).
+// y = a + b, elementwise, in a's layout (a oneDNN binary primitive); max(0, a + b) with relu.
 class Add {
 public:
     bool in_place = false;  // write the sum over a (a block's private BatchNorm output)
+    bool relu = false;      // the ReLU after a residual sum, as a post-op: one pass over memory, not two
     const dnnl::memory& forward(const dnnl::memory& a, const dnnl::memory& b) {
-        Plan& p = plans_.get(a.get_desc(), Mode::inference, [&] {
+        auto make = [&] {
             check(a.get_desc().dims() == b.get_desc().dims(),
                   "residual add of different shapes " + to_string(a.get_desc().dims()) + " and " +
                       to_string(b.get_desc().dims()));
             auto& eng = Backend::get().engine();
+            dnnl::primitive_attr attr = Backend::attr();
+            if (relu) {
+                dnnl::post_ops ops;
+                ops.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+                attr.set_post_ops(ops);
+            }
             Plan q;
-            q.pd = {{dnnl::algorithm::binary_add, a.get_desc(), a.get_desc(), a.get_desc()}, Backend::attr(), eng};
+            q.pd = {{dnnl::algorithm::binary_add, a.get_desc(), a.get_desc(), a.get_desc()}, attr, eng};
             q.prim = dnnl::binary(q.pd);
             if (!in_place) q.own = dnnl::memory(q.pd.dst_desc(), eng);
+            q.relu = relu;
             return q;
-        });
+        };
+        Plan& p = plans_.get(a.get_desc(), Mode::inference, make);
+        if (p.relu != relu) p = make();
         const dnnl::memory& bb = as_desc(b, a.get_desc(), p.scratch);
         p.dst = in_place ? a : p.own;
         Backend::get().run(p.prim, {{DNNL_ARG_SRC_0, a}, {DNNL_ARG_SRC_1, bb}, {DNNL_ARG_DST, p.dst}});
@@ -128,6 +138,7 @@ private:
         dnnl::binary::primitive_desc pd;
         dnnl::binary prim;
         dnnl::memory dst, own, scratch;
+        bool relu = false;
     };
     PlanCache<Plan> plans_;
     const dnnl::memory* out_ = nullptr;

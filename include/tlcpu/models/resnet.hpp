@@ -28,7 +28,8 @@ enum class Depth { c4, c5 };  // c4: stem + layer1..3; c5: + layer4
 inline const char* to_string(Layout l) { return l == Layout::v1 ? "v1" : "v1.5"; }
 
 // Bottleneck<In, Width, Out, Stride, L>: 1x1 (In -> Width), 3x3 (Width -> Width),
-// 1x1 (Width -> Out), plus a projection shortcut when the shape changes; ReLU after the sum.
+// 1x1 (Width -> Out), plus a projection shortcut when the shape changes; ReLU after bn1, bn2
+// (each in its BatchNorm's pass) and the sum.
 template <int In, int Width, int Out, int Stride, Layout L>
 class Bottleneck {
     static constexpr int S1 = L == Layout::v1 ? Stride : 1;  // where the stride sits
@@ -39,11 +40,9 @@ public:
     static constexpr bool has_projection = Stride != 1 || In != Out;
 
     Conv2d<In, Width, 1, S1, 0> conv1;
-    BatchNorm2d<Width> bn1;
-    ReLU relu1;
+    BatchNorm2d<Width> bn1;  // with its ReLU (relu set)
     Conv2d<Width, Width, 3, S2, 1> conv2;
-    BatchNorm2d<Width> bn2;
-    ReLU relu2;
+    BatchNorm2d<Width> bn2;  // likewise
     Conv2d<Width, Out, 1, 1, 0> conv3;
     BatchNorm2d<Out> bn3;
     Add add, grad_add;  // grad_add: the input gradient is the sum of both paths'
@@ -67,15 +66,18 @@ public:
 
     template <class F>
     void each(F&& f) {
-        f(conv1), f(bn1), f(relu1), f(conv2), f(bn2), f(relu2), f(conv3), f(bn3);
+        f(conv1), f(bn1), f(conv2), f(bn2), f(conv3), f(bn3);
         if constexpr (has_projection) f(down_conv), f(down_bn);
         f(relu3);
     }
 
-    // In training the ReLUs and the residual sum overwrite the BatchNorm outputs they read:
-    // BatchNorm's backward needs its input, not its output, so those buffers are free.
-    // grad_add sums into the main path's input gradient, a pool buffer read by no one else.
-    Bottleneck() { relu1.in_place = relu2.in_place = relu3.in_place = add.in_place = grad_add.in_place = true; }
+    // In training the residual sum, with relu3 as its post-op, overwrites bn3's output:
+    // BatchNorm's backward needs its input, not its output, so that buffer is free. grad_add
+    // sums into the main path's input gradient, a pool buffer read by no one else.
+    Bottleneck() {
+        bn1.relu = bn2.relu = add.relu = true;
+        relu3.in_place = add.in_place = grad_add.in_place = true;
+    }
 
     // Inference (a frozen block, or evaluation) runs four convolutions with their BatchNorms
     // folded in and the ReLUs and the residual add as post-ops; training runs every layer,
@@ -109,12 +111,12 @@ public:
             if (observe) act_max[4] = std::max(act_max[4], abs_max(out_));
             return out_;
         }
-        const auto& h = relu1.forward(bn1.forward(conv1.forward(x, m), m), m);
-        const auto& g = relu2.forward(bn2.forward(conv2.forward(h, m), m), m);
+        const auto& h = bn1.forward(conv1.forward(x, m), m);
+        const auto& g = bn2.forward(conv2.forward(h, m), m);
         const auto& main = bn3.forward(conv3.forward(g, m), m);
         const dnnl::memory* shortcut = &x;
         if constexpr (has_projection) shortcut = &down_bn.forward(down_conv.forward(x, m), m);
-        out_ = relu3.forward(add.forward(main, *shortcut), m);
+        out_ = relu3.applied(add.forward(main, *shortcut), m);
         return out_;
     }
     void drop_folded() {
@@ -134,7 +136,7 @@ public:
         const dnnl::memory* main;
         {
             Backend::BufferPool::Hold keep(pool, g);
-            main = backward_chain(*g, need_dx, conv1, bn1, relu1, conv2, bn2, relu2, conv3, bn3);
+            main = backward_chain(*g, need_dx, conv1, bn1, conv2, bn2, conv3, bn3);
         }
         const dnnl::memory* shortcut = g;
         if constexpr (has_projection) {
@@ -247,11 +249,13 @@ private:
     int last_ = Blocks - 1;
 };
 
-// conv 7x7/2, BN, ReLU, max-pool 3x3/2. In inference the conv runs folded, like a block's.
+// conv 7x7/2, BN with its ReLU, max-pool 3x3/2. In inference the conv runs folded, like a
+// block's.
 template <int C, Layout L>
-class Stem : public Sequential<Named<"conv1", Conv2d<3, C, 7, 2, 3>>, Named<"bn1", BatchNorm2d<C>>, ReLU,
+class Stem : public Sequential<Named<"conv1", Conv2d<3, C, 7, 2, 3>>, Named<"bn1", BatchNorm2d<C>>,
                                MaxPool2d<3, 2, L == Layout::v1 ? 0 : 1, L == Layout::v1>> {
 public:
+    Stem() { this->template get<1>().relu = true; }
     const dnnl::memory& forward(const dnnl::memory& x, Mode m) {
         if (m != Mode::inference) return Stem::Sequential::forward(x, m);
         auto& be = Backend::get();
@@ -262,7 +266,7 @@ public:
                         : be.has_bf16()                              ? dt::bf16
                                                                      : dt::f32;
         const auto& h = this->template get<0>().forward_folded(x, this->template get<1>(), true, nullptr, false, prec);
-        return *(this->out_ = &this->template get<3>().forward(h, m));
+        return *(this->out_ = &this->template get<2>().forward(h, m));
     }
 };
 

@@ -50,7 +50,7 @@ template <int K, int S, int P, bool C>
 std::string type_of(const MaxPool2d<K, S, P, C>&) {
     return "MaxPool2d " + std::to_string(K) + "x" + std::to_string(K) + "/" + std::to_string(S);
 }
-template <int C> std::string type_of(const BatchNorm2d<C>&) { return "BatchNorm2d"; }
+template <int C> std::string type_of(const BatchNorm2d<C>& b) { return b.relu ? "BatchNorm2d + ReLU" : "BatchNorm2d"; }
 template <int C> std::string type_of(const BatchNorm1d<C>&) { return "BatchNorm1d"; }
 template <int In, int O> std::string type_of(const Dense<In, O>&) { return "Dense"; }
 inline std::string type_of(const ReLU&) { return "ReLU"; }
@@ -107,10 +107,8 @@ struct Walk {
             const std::string p = name + ".";
             Shape h = leaf(b.conv1, p + "conv1", depth + 1, x);
             h = leaf(b.bn1, p + "bn1", depth + 1, h);
-            h = leaf(b.relu1, p + "relu1", depth + 1, h);
             h = leaf(b.conv2, p + "conv2", depth + 1, h);
             h = leaf(b.bn2, p + "bn2", depth + 1, h);
-            h = leaf(b.relu2, p + "relu2", depth + 1, h);
             h = leaf(b.conv3, p + "conv3", depth + 1, h);
             h = leaf(b.bn3, p + "bn3", depth + 1, h);
             if constexpr (Bottleneck<In, W, Out, S, L>::has_projection) {
@@ -134,8 +132,7 @@ struct Walk {
         return group("stem", "Stem", depth, [&] {
             Shape h = leaf(s.template get<0>(), "conv1", depth + 1, x);
             h = leaf(s.template get<1>(), "bn1", depth + 1, h);
-            h = leaf(s.template get<2>(), "relu", depth + 1, h);
-            return leaf(s.template get<3>(), "maxpool", depth + 1, h);
+            return leaf(s.template get<2>(), "maxpool", depth + 1, h);
         });
     }
     template <class... Ls>
