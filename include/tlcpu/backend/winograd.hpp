@@ -39,12 +39,20 @@ public:
                n * ((h + 1) / 2) * ((w + 1) / 2) >= 32;
     }
 
+    // The weight gradient alone (run_backward_weights) pays on thinner convs too: at batch 32,
+    // 2 threads, against oneDNN's jit:avx2 kernel (medians of 8 alternations, ms, on a slow
+    // hour of the machine), 128 @28 62-114 -> 48-66, 64 @56 93-114 -> 79-88, 256 @14 72-82 ->
+    // 42-48; but at 7x7 (layer4) not against the im2col matmul the conv otherwise takes
+    // (~50 -> 48-60: its 2x2 tiles cover 8x8 pixels of the 7x7, 1.3x the work).
+    static bool suits_weights(int64_t in, int64_t out, int64_t h, int64_t w) {
+        return Backend::own_winograd() && in >= 64 && out >= 64 && in % 8 == 0 && out % 8 == 0 && h * w > 49;
+    }
+
     Winograd2x3(int64_t in, int64_t out, int64_t h, int64_t w) : in_(in), out_(out), h_(h), w_(w) {
         check(in % 8 == 0 && out % 8 == 0, "Winograd2x3 needs channel counts in multiples of 8");
         th_ = (h + 1) / 2, tw_ = (w + 1) / 2;
         // about 4 MiB of transformed input tiles per chunk: 5 images at 256 @14, 8 at 512 @7
         chunk_ = std::max<int64_t>(1, (int64_t(4) << 20) / (16 * th_ * tw_ * std::max(in, out) * 4));
-        u_.assign(size_t(16 * in * out), 0.f);
         b_.assign(size_t(std::max(in, out)), 0.f);
     }
 
@@ -52,6 +60,7 @@ public:
     // G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]. The input gradient reads the same U (see
     // run_backward_data), so a weight update transforms once.
     void set_weights(const float* w) {
+        u_.resize(size_t(16 * in_ * out_));  // (not made for the weight gradient alone)
 #pragma omp parallel for schedule(static)
         for (int64_t c = 0; c < in_; ++c)
             for (int64_t o = 0; o < out_; ++o) {

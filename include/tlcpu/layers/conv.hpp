@@ -200,8 +200,9 @@ public:
         if (weight.trainable && b.wino_weights) {
             const dnnl::memory dw = be.weight_grad_buffer(dnnl::memory::desc({out_, in_, 3, 3}, dt::f32, tag::cdba));
             g_w = converted(p.pd.dst_desc());
-            p.wino->run_backward_weights(p.src, g_w, static_cast<float*>(dw.get_data_handle()),
-                                         has_bias_ ? grad_of(bias).data() : nullptr);
+            (p.wino ? *p.wino : *b.wino)
+                .run_backward_weights(p.src, g_w, static_cast<float*>(dw.get_data_handle()),
+                                      has_bias_ ? grad_of(bias).data() : nullptr);
             reorder(dw, view(grad_of(weight)));
         } else if (weight.trainable && b.mprim) {
             g_w = converted(b.mm_dy);
@@ -273,7 +274,8 @@ private:
         bool col_first = false;  // f32: dW^T = col^T x dy (the matmul's A is the column buffer)
         uint64_t weight_version = 0;
         bool shares_weights = false;  // backward-data reads the forward's copy (same layout: Winograd's)
-        bool wino_weights = false;    // tlcpu's Winograd computes the weight gradient too
+        bool wino_weights = false;    // tlcpu's Winograd computes the weight gradient
+        std::unique_ptr<Winograd2x3> wino;  // its instance, where the forward has none
     };
     struct Plan {
         dnnl::convolution_forward::primitive_desc pd;
@@ -299,16 +301,17 @@ private:
     // (key: Backend::winograd_key(), over 1 for oneDNN's kernel)
     bool wants_winograd(dt t, size_t key = Backend::get().winograd_key()) { return k_ == 3 && s_ == 1 && t == dt::f32 && key > 1; }
     // Where oneDNN has no Winograd (AVX2 CPUs), tlcpu's F(2x2, 3x3) takes the forward and the
-    // input gradient of the 3x3 stride-1 f32 convs Winograd2x3::suits, on the nChw8c
-    // activations oneDNN's direct kernel picks there (pd: that direct conv's, whose layouts
-    // the rest of the network sees).
+    // input gradient of the 3x3 stride-1 f32 convs Winograd2x3::suits (and the weight gradient
+    // of those it suits_weights: make_backward), on the nChw8c activations oneDNN's direct
+    // kernel picks there (pd: that direct conv's, whose layouts the rest of the network sees).
     std::unique_ptr<Winograd2x3> own_winograd(const dnnl::convolution_forward::primitive_desc& pd, dt t, size_t key) const {
         const dims src = pd.src_desc().dims();
-        auto blocked = [](const dnnl::memory::desc& m) { return m == dnnl::memory::desc(m.dims(), dt::f32, tag::aBcd8b); };
-        if (key != 1 || k_ != 3 || s_ != 1 || p_ != 1 || t != dt::f32 || !blocked(pd.src_desc()) || !blocked(pd.dst_desc()) ||
-            !Winograd2x3::suits(src[0], in_, out_, src[2], src[3]))
-            return nullptr;
+        if (!fits_own_winograd(pd, t, key) || !Winograd2x3::suits(src[0], in_, out_, src[2], src[3])) return nullptr;
         return std::make_unique<Winograd2x3>(in_, out_, src[2], src[3]);
+    }
+    bool fits_own_winograd(const dnnl::convolution_forward::primitive_desc& pd, dt t, size_t key) const {
+        auto blocked = [](const dnnl::memory::desc& m) { return m == dnnl::memory::desc(m.dims(), dt::f32, tag::aBcd8b); };
+        return key == 1 && k_ == 3 && s_ == 1 && p_ == 1 && t == dt::f32 && blocked(pd.src_desc()) && blocked(pd.dst_desc());
     }
     // With Winograd on, every f32 conv reads and writes nChw16c activations, the one layout
     // oneDNN's Winograd kernel takes: left to choose, the 1x1 convs of a frozen block pick NHWC
@@ -363,12 +366,13 @@ private:
         const dims src = p.pd.src_desc().dims(), dst = p.pd.dst_desc().dims(), wei{out_, in_, k_, k_};
         const dt t = p.precision;  // what the products run in; gradients leave in f32
         Backward b;
-        // tlcpu's Winograd (p.wino) computes the input gradient, and the weight gradient where
-        // that is faster: at batch 32, 2 threads, 256 @14 54 -> 33 ms against oneDNN's kernel,
-        // but 512 @7 ~50 -> 48-60 against the matmul below (its 2x2 tiles cover 8x8 pixels of
-        // the 7x7: 1.3x the work), so not on images of 7x7 or less.
-        b.wino_weights = p.wino && dst[2] * dst[3] > 49;
-        if (b.wino_weights) return b;  // (no primitive made)
+        // tlcpu's Winograd computes the weight gradient where Winograd2x3::suits_weights (a
+        // thinner conv than its forward takes gets an instance of its own), and the input
+        // gradient where it ran the forward (p.wino)
+        if (fits_own_winograd(p.pd, t, p.winograd) && Winograd2x3::suits_weights(in_, out_, src[2], src[3])) {
+            b.wino_weights = true;
+            if (!p.wino) b.wino = std::make_unique<Winograd2x3>(in_, out_, src[2], src[3]);
+        }
         // oneDNN 2.6's bf16 backward-weights kernel is slow where the image is small: on AMX at
         // batch 32, layer4's 1x1 convs run at 250-300 GFLOP/s and its 3x3 ones at 330-650,
         // while its matmul reaches ~1,900 on the same products. With NHWC activations (what bf16
@@ -404,7 +408,7 @@ private:
         // 834 -> 867 MB, full_b32 3,724 -> 3,768 (PyTorch's: 992-1,007 and 3,841-3,898); dy^T x col
         // in a buffer of its own had cost 76-87 MB. phase2_b32 10.7 -> 11.0 img/s (medians of 4
         // alternating runs; the machine's noise is about as large).
-        if (blk && !has_bias_ && wanted && fits) {
+        if (blk && !has_bias_ && wanted && fits && !b.wino_weights) {
             const bool col_first = t == dt::f32;
             // NHWC dy and the column buffer as rows of pixels, and each read transposed in place
             const dnnl::memory::desc dy_rows({pixels, out_}, t, dims{out_, 1}), dy_t({out_, pixels}, t, dims{1, out_});
@@ -422,8 +426,7 @@ private:
                 b.col_first = col_first;
             }
         }
-        if (p.wino) return b;  // the forward ran tlcpu's Winograd: so does the input gradient (dpd, dprim not made)
-        if (!b.mprim) {  // the forward's algorithm, as long as oneDNN has it for the backward pass too
+        if (!b.mprim && !b.wino_weights) {  // the forward's algorithm, as long as oneDNN has it for the backward pass too
             b.wpd = pick<dnnl::convolution_backward_weights::primitive_desc>(wants_winograd(t, p.winograd), [&](dnnl::algorithm algo) {
                 return has_bias_ ? dnnl::convolution_backward_weights::desc(algo, any(src, t), any(wei),
                                                                             dnnl::memory::desc({out_}, dt::f32, tag::a),
@@ -433,6 +436,7 @@ private:
             }, Backend::attr(), p.pd);
             b.wprim = dnnl::convolution_backward_weights(b.wpd);
         }
+        if (p.wino) return b;  // the forward ran tlcpu's Winograd: so does the input gradient (dpd, dprim not made)
         b.dpd = pick<dnnl::convolution_backward_data::primitive_desc>(wants_winograd(t, p.winograd), [&](dnnl::algorithm algo) {
             return dnnl::convolution_backward_data::desc(algo, any(src), any(wei, t), any(dst, t), {s_, s_}, {p_, p_}, {p_, p_});
         }, Backend::attr(), p.pd);
