@@ -84,8 +84,9 @@ if sys.argv[3] == "winograd" and timed and kernel <= {False, "none"}:
     print("tlcpu's f32 convolutions all direct, as PyTorch's: no Winograd kernel on this CPU\n")
 elif sys.argv[3] == "winograd" and "tlcpu" in kernel:
     print("GFLOP/s: the direct convolutions' count (8.18 GFLOP per image forward) over the time; "
-          "tlcpu's f32 3x3 convs of 256+ channels (layer3, layer4) run its own Winograd F(2x2, 3x3) "
-          "(oneDNN has none on this CPU), which needs fewer multiplies, so its f32 figures can pass the ceiling\n")
+          "tlcpu's f32 3x3 stride-1 convs of 256+ channels (layer3, layer4) run its own Winograd F(2x2, 3x3) "
+          "(oneDNN has none on this CPU), as do the weight gradients of those of 64+ channels over 7x7 "
+          "(since 2026-11-28 20:25 UTC), which needs fewer multiplies, so its f32 figures can pass the ceiling\n")
 elif sys.argv[3] == "winograd":
     print("GFLOP/s: the direct convolutions' count (8.18 GFLOP per image forward) over the time; "
           "tlcpu's f32 3x3 convs run Winograd, which needs fewer, so its f32 figures can pass the ceiling\n")
