@@ -218,8 +218,9 @@ TEST_CASE("convs Winograd does not cover run a direct conv") {
 }
 
 // tlcpu's own F(2x2, 3x3) (backend/winograd.hpp), where oneDNN has no Winograd kernel: the
-// forward and the input gradient of the 3x3 convs of 256 channels and more.
-TEST_CASE("tlcpu's Winograd F(2x2, 3x3) on AVX2: forward and input gradient match a double loop") {
+// forward, the input gradient and the weight gradient of the 3x3 convs of 256 channels and
+// more (the weight gradient alone from 64: the first test case, and the next).
+TEST_CASE("tlcpu's Winograd F(2x2, 3x3) on AVX2: forward and both gradients match a double loop") {
     WinogradGuard guard;
     Conv2d<256, 256, 3, 1, 1> conv;  // layer3's 3x3 width
     conv.weight.value = randn({256, 256, 3, 3}, 40, 1.f / 48.f);
@@ -292,6 +293,37 @@ TEST_CASE("tlcpu's Winograd F(2x2, 3x3) on AVX2: forward and input gradient matc
     CHECK(max_rel_diff(wino9.y, direct9.y) < 1e-5);
     CHECK(max_rel_diff(wino9.dx, direct9.dx) < 1e-5);
     CHECK_FALSE(same_bits(wino9.dx, direct9.dx));
+}
+
+// The weight gradient's own paths: a conv with a bias (its gradient summed from the
+// transformed dy), odd sides, two chunks (5 images of 29x27 at 64 channels: 210 tiles each,
+// over the 8 MiB of transformed tiles), and backward without the input gradient.
+TEST_CASE("tlcpu's Winograd weight gradient: bias, odd sides, two chunks, no input gradient") {
+    WinogradGuard guard;
+    Backend::get().winograd = true;
+    Conv2d<64, 64, 3, 1, 1, true> conv;
+    conv.weight.value = randn({64, 64, 3, 3}, 60, 1.f / 24.f);
+    conv.bias.value = randn({64}, 61, 0.1f);
+    conv.weight.touch(), conv.bias.touch();
+    const Tensor x = relu_randn({5, 64, 29, 27}, 62), dy = randn({5, 64, 29, 27}, 63);
+    conv.forward(view(x), Mode::training);
+    grad_of(conv.bias).fill(123.f);  // overwritten, not added to
+    CHECK(conv.backward(view(dy), false) == nullptr);
+    Backend::get().wait();
+    const std::string k = conv.kernels();
+    CAPTURE(k);
+    if (!Backend::get().own_winograd() || Backend::get().has_winograd()) {
+        CHECK(k.find(Winograd2x3::name) == std::string::npos);
+        return;
+    }
+    CHECK(k.find(std::string("backward-weights ") + Winograd2x3::name) != std::string::npos);
+    const Reference ref = conv3x3_loop(x, conv.weight.value, dy);
+    Tensor db({64});
+    for (int64_t i = 0; i < dy.size(); ++i) db[(i / (29 * 27)) % 64] += dy[i];
+    CAPTURE(max_rel_diff(conv.weight.grad, ref.dw));
+    CAPTURE(max_rel_diff(conv.bias.grad, db));
+    CHECK(max_rel_diff(conv.weight.grad, ref.dw) < 1e-5);
+    CHECK(max_rel_diff(conv.bias.grad, db) < 1e-5);
 }
 
 TEST_CASE("tlcpu's Winograd F(2x2, 3x3) in a frozen conv: folded BatchNorm, ReLU, images in chunks") {

@@ -20,6 +20,7 @@
 #include <doctest/doctest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 
@@ -302,47 +303,54 @@ TEST_CASE("a dataset and batch that do not divide by the rank count: every sampl
 }
 
 TEST_CASE("synchronised BatchNorm2d: each rank's slice normalised as in the whole batch, exact gradients") {
-    const int ranks = world().size(), rank = world().rank();
-    const int64_t n = 6, c = 8, side = 5;  // 6 images split over 1, 2 or 3 ranks
-    Tensor x({n, c, side, side}), dy(x.shape());
-    for (int64_t i = 0; i < x.size(); ++i) {
-        x[i] = 0.5f + (i / (side * side)) % c * 0.3f + normal01(1, 0, uint64_t(i));  // per-channel offsets
-        dy[i] = normal01(2, 0, uint64_t(i));
-    }
-    auto bn = [](BatchNorm2d<8>& l) {
-        l.config = {1e-3f, 0.1f, BNMode::batch};
-        for (int i = 0; i < 8; ++i) l.weight.value[i] = 0.5f + 0.1f * float(i), l.bias.value[i] = 0.05f * float(i);
-    };
-    BatchNorm2d<8> whole, part;
-    bn(whole), bn(part);
-    if (ranks > 1) part.sync = [](std::span<double> v) { world().sum(v); };
-    const Tensor y_all = to_tensor(whole.forward(view(x), Mode::training));
-    const Tensor dx_all = to_tensor(*whole.backward(view(dy), true));
-    const int64_t per = n / ranks * c * side * side;
-    Tensor xs({n / ranks, c, side, side}), dys(xs.shape());
-    std::copy_n(x.data() + rank * per, per, xs.data());
-    std::copy_n(dy.data() + rank * per, per, dys.data());
-    const Tensor y = to_tensor(part.forward(view(xs), Mode::training));
-    const Tensor dx = to_tensor(*part.backward(view(dys), true));
-    Tensor y_ref(xs.shape()), dx_ref(xs.shape());
-    std::copy_n(y_all.data() + rank * per, per, y_ref.data());
-    std::copy_n(dx_all.data() + rank * per, per, dx_ref.data());
-    std::vector<double> dgamma(part.weight.grad.begin(), part.weight.grad.end()), dbeta(part.bias.grad.begin(), part.bias.grad.end());
-    world().sum(dgamma), world().sum(dbeta);  // each rank holds its slice's share
-    Tensor dg({c}), db({c});
-    for (int64_t i = 0; i < c; ++i) dg[i] = float(dgamma[size_t(i)]), db[i] = float(dbeta[size_t(i)]);
-    const double e[5] = {max_rel_diff(y, y_ref), max_rel_diff(dx, dx_ref), max_rel_diff(dg, whole.weight.grad),
-                         max_rel_diff(db, whole.bias.grad), max_rel_diff(part.running_var.value, whole.running_var.value)};
-    MESSAGE(ranks << " ranks, BatchNorm2d: relative differences y " << e[0] << ", dx " << e[1] << ", dgamma " << e[2]
-                  << ", dbeta " << e[3] << ", running_var " << e[4]);
-    for (double v : e) CHECK(v <= 1e-5);
-    CHECK(max_rel_diff(part.running_mean.value, whole.running_mean.value) <= 1e-5);
-    // Local statistics would be another function of the slice (the channel offsets differ
-    // little, the noise a lot, so slices have their own means).
-    if (ranks > 1) {
-        BatchNorm2d<8> local;
-        bn(local);
-        CHECK(max_rel_diff(to_tensor(local.forward(view(xs), Mode::training)), y_ref) > 1e-3);
+    // With and without the fused ReLU of a bottleneck's bn1 and bn2: the correction for the
+    // global statistics then works on dy masked by it.
+    for (const bool relu : {false, true}) {
+        CAPTURE(relu);
+        const int ranks = world().size(), rank = world().rank();
+        const int64_t n = 6, c = 8, side = 5;  // 6 images split over 1, 2 or 3 ranks
+        Tensor x({n, c, side, side}), dy(x.shape());
+        for (int64_t i = 0; i < x.size(); ++i) {
+            x[i] = 0.5f + (i / (side * side)) % c * 0.3f + normal01(1, 0, uint64_t(i));  // per-channel offsets
+            dy[i] = normal01(2, 0, uint64_t(i));
+        }
+        auto bn = [relu](BatchNorm2d<8>& l) {
+            l.config = {1e-3f, 0.1f, BNMode::batch};
+            l.relu = relu;
+            for (int i = 0; i < 8; ++i) l.weight.value[i] = 0.5f + 0.1f * float(i), l.bias.value[i] = 0.05f * float(i);
+        };
+        BatchNorm2d<8> whole, part;
+        bn(whole), bn(part);
+        if (ranks > 1) part.sync = [](std::span<double> v) { world().sum(v); };
+        const Tensor y_all = to_tensor(whole.forward(view(x), Mode::training));
+        const Tensor dx_all = to_tensor(*whole.backward(view(dy), true));
+        const int64_t per = n / ranks * c * side * side;
+        Tensor xs({n / ranks, c, side, side}), dys(xs.shape());
+        std::copy_n(x.data() + rank * per, per, xs.data());
+        std::copy_n(dy.data() + rank * per, per, dys.data());
+        const Tensor y = to_tensor(part.forward(view(xs), Mode::training));
+        const Tensor dx = to_tensor(*part.backward(view(dys), true));
+        Tensor y_ref(xs.shape()), dx_ref(xs.shape());
+        std::copy_n(y_all.data() + rank * per, per, y_ref.data());
+        std::copy_n(dx_all.data() + rank * per, per, dx_ref.data());
+        std::vector<double> dgamma(part.weight.grad.begin(), part.weight.grad.end()), dbeta(part.bias.grad.begin(), part.bias.grad.end());
+        world().sum(dgamma), world().sum(dbeta);  // each rank holds its slice's share
+        Tensor dg({c}), db({c});
+        for (int64_t i = 0; i < c; ++i) dg[i] = float(dgamma[size_t(i)]), db[i] = float(dbeta[size_t(i)]);
+        const double e[5] = {max_rel_diff(y, y_ref), max_rel_diff(dx, dx_ref), max_rel_diff(dg, whole.weight.grad),
+                             max_rel_diff(db, whole.bias.grad), max_rel_diff(part.running_var.value, whole.running_var.value)};
+        MESSAGE(ranks << " ranks, BatchNorm2d" << std::string(relu ? " + ReLU" : "") << ": relative differences y " << e[0]
+                      << ", dx " << e[1] << ", dgamma " << e[2] << ", dbeta " << e[3] << ", running_var " << e[4]);
+        for (double v : e) CHECK(v <= 1e-5);
+        if (relu) CHECK(std::count(y.begin(), y.end(), 0.f) > y.size() / 20);  // the ReLU clipped, and dy was masked
+        CHECK(max_rel_diff(part.running_mean.value, whole.running_mean.value) <= 1e-5);
+        // Local statistics would be another function of the slice (the channel offsets differ
+        // little, the noise a lot, so slices have their own means).
+        if (ranks > 1) {
+            BatchNorm2d<8> local;
+            bn(local);
+            CHECK(max_rel_diff(to_tensor(local.forward(view(xs), Mode::training)), y_ref) > 1e-3);
+        }
     }
 }
 

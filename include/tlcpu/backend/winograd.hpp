@@ -104,8 +104,9 @@ public:
         check(d[1] == in_ && d[2] == h_ && d[3] == w_ && dy.get_desc().dims() == dims{d[0], out_, h_, w_},
               "Winograd2x3 weight gradient got input " + to_string(d) + " and gradient " + to_string(dy.get_desc().dims()));
         const int64_t n = d[0], tiles = th_ * tw_, cb = in_ / 8, ob = out_ / 8;
-        // chunks of at most about 8 MiB of V and E (at 256 @14, batch 32: 7 chunks; 2 or 3 of
-        // 24 MiB ran as fast), balanced
+        // chunks of about 8 MiB of V and E, balanced (at 256 @14, batch 32: 7 chunks; 2 or 3 of
+        // 24 MiB ran as fast), where the forward's hold 4 MiB of V: these products sum over
+        // the rows, which want to be many
         const int64_t per = 16 * tiles * (in_ + out_) * 4, cap = int64_t(8) << 20;
         const int64_t chunks = std::max<int64_t>(1, (n * per + cap - 1) / cap), most = (n + chunks - 1) / chunks;
         be.wait();
@@ -129,6 +130,7 @@ public:
             be.run(mm.prim, {{DNNL_ARG_SRC, dnnl::memory(mm.pd.src_desc(), be.engine(), v)},
                              {DNNL_ARG_WEIGHTS, dnnl::memory(mm.pd.weights_desc(), be.engine(), e)},
                              {DNNL_ARG_DST, dnnl::memory(mm.pd.dst_desc(), be.engine(), m)}});
+            be.wait();  // before the sum below reads e and the next chunk overwrites v and e
             if (db) {  // A dy A^T at position (1, 1) is the sum of the tile's dy
                 const float* s = e + 5 * rows * out_;
                 for (int64_t r = 0; r < rows; ++r)

@@ -11,9 +11,10 @@ class ReLU {
 public:
     static constexpr int in_channels = any_channels, out_channels = any_channels;
     uint64_t backward_runs = 0;  // backward calls that ran a primitive (tests check freezing with it)
-    // in_place: overwrite the input instead of keeping a buffer of its own. A block sets it
-    // when its input is a BatchNorm's or residual sum's private output, which their
-    // backward does not read; the backward here needs only the output (y > 0 <=> x > 0).
+    // in_place: overwrite the input instead of keeping a buffer of its own, where the input
+    // is a private output no backward reads (a residual sum's; a block's relu3 sets it,
+    // though it now takes that sum's output as is: applied); the backward here needs only
+    // the output (y > 0 <=> x > 0).
     bool in_place = false;
     void visit(const std::string&, const ParamVisitor&) {}
 

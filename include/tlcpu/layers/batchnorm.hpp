@@ -93,7 +93,8 @@ public:
     const dnnl::memory& output() const { return last_->dst; }
 
     // In inference mode the statistics are constants, so dx = dy * gamma / sqrt(var + eps);
-    // in batch mode they depend on x, and oneDNN's backward accounts for that.
+    // in batch mode they depend on x, and oneDNN's backward accounts for that. With relu,
+    // dy is first zeroed where the forward clipped.
     const dnnl::memory* backward(const dnnl::memory& dy, bool need_dx) {
         check(last_ && last_->mode == Mode::training, "BatchNorm2d backward without a training-mode forward");
         Plan& p = *last_;

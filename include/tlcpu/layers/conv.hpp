@@ -264,7 +264,8 @@ private:
         dnnl::convolution_backward_data dprim;
         dnnl::memory weights, diff_src, src;  // weights: backward-data's layout; diff_src: a GradPool buffer
         // convs with a matmul backward-weights (make_backward): its primitive (empty: the conv
-        // primitive above computes it; else that one is never made), dy as it reads it, a KxK
+        // primitive above computes it, or tlcpu's Winograd: wino_weights; else neither is
+        // made), dy as it reads it, a KxK
         // conv's result ([Out][K][K][In] in bf16, [K][K][In][Out] in f32), the column buffer's
         // shape and the input's channel block (im2col)
         dnnl::matmul::primitive_desc mpd;
