@@ -132,9 +132,10 @@ public:
                              {DNNL_ARG_DST, dnnl::memory(mm.pd.dst_desc(), be.engine(), m)}});
             be.wait();  // before the sum below reads e and the next chunk overwrites v and e
             if (db) {  // A dy A^T at position (1, 1) is the sum of the tile's dy
+                if (n0 == 0) std::fill(db, db + out_, 0.f);
                 const float* s = e + 5 * rows * out_;
                 for (int64_t r = 0; r < rows; ++r)
-                    for (int64_t o = 0; o < out_; ++o) db[o] = (n0 == 0 && r == 0 ? 0.f : db[o]) + s[r * out_ + o];
+                    for (int64_t o = 0; o < out_; ++o) db[o] += s[r * out_ + o];
             }
         }
         be.wait();
@@ -215,21 +216,21 @@ private:
     const Matmul& matmul_for(int64_t rows, Product what) {
         auto it = mm_.find({rows, what});
         if (it != mm_.end()) return it->second;
-        const bool back = what == backward_data;
-        const int64_t ci = back ? out_ : in_, co = back ? in_ : out_;
-        dnnl::memory::desc a({16, rows, ci}, dt::f32, tag::abc), c({16, rows, co}, dt::f32, tag::abc),
-            b = back ? dnnl::memory::desc({16, out_, in_}, dt::f32, dims{in_ * out_, 1, out_})
-                     : dnnl::memory::desc({16, in_, out_}, dt::f32, tag::abc);
+        using md = dnnl::memory::desc;
+        const md u({16, in_, out_}, dt::f32, tag::abc);  // U, or the weight gradient's M: [16][In][Out]
+        const bool grad = what == weights || what == weights_more;
+        const md a = grad                    ? md({16, in_, rows}, dt::f32, dims{rows * in_, 1, in_})
+                     : what == backward_data ? md({16, rows, out_}, dt::f32, tag::abc)
+                                             : md({16, rows, in_}, dt::f32, tag::abc);
+        const md b = grad                    ? md({16, rows, out_}, dt::f32, tag::abc)
+                     : what == backward_data ? md({16, out_, in_}, dt::f32, dims{in_ * out_, 1, out_})
+                                             : u;
+        const md c = grad ? u : md({16, rows, what == backward_data ? in_ : out_}, dt::f32, tag::abc);
         dnnl::primitive_attr attr = Backend::attr();
-        if (what == weights || what == weights_more) {
-            a = dnnl::memory::desc({16, in_, rows}, dt::f32, dims{rows * in_, 1, in_});
-            b = dnnl::memory::desc({16, rows, out_}, dt::f32, tag::abc);
-            c = dnnl::memory::desc({16, in_, out_}, dt::f32, tag::abc);
-            if (what == weights_more) {
-                dnnl::post_ops ops;
-                ops.append_sum(1.f);
-                attr.set_post_ops(ops);
-            }
+        if (what == weights_more) {
+            dnnl::post_ops ops;
+            ops.append_sum(1.f);
+            attr.set_post_ops(ops);
         }
         Matmul mm;
         mm.pd = dnnl::matmul::primitive_desc(dnnl::matmul::desc(a, b, c), attr, Backend::get().engine());
