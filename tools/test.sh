@@ -27,8 +27,10 @@ cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS_RELEASE="-O2 -D
 # script, so a broken build would have skipped its tests and still ended green.
 cmake --build build -j2
 stage "Release tests"
-# Two at a time: many are a compile or an MPI job that keeps a core idle (the crash drill,
-# whose kills are timed, still runs alone: RUN_SERIAL in tests/CMakeLists.txt).
+# Two at a time: many are single-threaded (a compile, the consumer build, one-rank MPI, the
+# fuzz replays) and would leave a core idle. The crash drill, whose kills are timed, still
+# runs alone (RUN_SERIAL in tests/CMakeLists.txt); the MPI tests' timeouts are 17x or more
+# what they took two at a time.
 ctest --test-dir build --output-on-failure -j2
 # The default build has no MPI: compile train_cpu without it (one translation unit that
 # includes the whole core), so nothing outside dist/ comes to need MPI unnoticed; and the
