@@ -12,14 +12,14 @@ public:
     static constexpr int in_channels = any_channels, out_channels = any_channels;
     uint64_t backward_runs = 0;  // backward calls that ran a primitive (tests check freezing with it)
     // in_place: overwrite the input instead of keeping a buffer of its own, where the input
-    // is a private output no backward reads (a residual sum's; a block's relu3 sets it,
-    // though it now takes that sum's output as is: applied); the backward here needs only
-    // the output (y > 0 <=> x > 0).
+    // is a private output no backward reads; the backward here needs only the output
+    // (y > 0 <=> x > 0).
     bool in_place = false;
     void visit(const std::string&, const ParamVisitor&) {}
 
     const dnnl::memory& forward(const dnnl::memory& x, Mode mode) {
         Plan& p = plan(x.get_desc(), mode);
+        if (!in_place && !p.own) p.own = dnnl::memory(p.pd.dst_desc(), Backend::get().engine());  // (applied needs none)
         p.dst = in_place ? x : p.own;
         Backend::get().run(p.prim, {{DNNL_ARG_SRC, x}, {DNNL_ARG_DST, p.dst}});
         last_ = &p;
@@ -62,7 +62,6 @@ private:
             Plan q;
             q.pd = {{prop, dnnl::algorithm::eltwise_relu_use_dst_for_bwd, x, 0.f}, Backend::attr(), eng};
             q.prim = dnnl::eltwise_forward(q.pd);
-            if (!in_place) q.own = dnnl::memory(q.pd.dst_desc(), eng);
             return q;
         });
     }

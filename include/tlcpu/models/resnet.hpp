@@ -76,7 +76,7 @@ public:
     // sums into the main path's input gradient, a pool buffer read by no one else.
     Bottleneck() {
         bn1.relu = bn2.relu = add.relu = true;
-        relu3.in_place = add.in_place = grad_add.in_place = true;
+        add.in_place = grad_add.in_place = true;
     }
 
     // Inference (a frozen block, or evaluation) runs four convolutions with their BatchNorms
