@@ -148,7 +148,12 @@ void run(const Config& c, const io::SafeTensors& weights, const Preprocessing& p
         {"preprocessing", pre.mode == Preprocess::caffe ? "caffe B=" + fmt(pre.caffe_mean_bgr[0]) + " G=" +
                                                               fmt(pre.caffe_mean_bgr[1]) + " R=" + fmt(pre.caffe_mean_bgr[2])
                                                         : "torch"},
-        {"head_bn_eps", fmt(net->head.bn.config.eps)}};
+        {"head_bn_eps", fmt(net->head.bn.config.eps)},
+        // what else an uninterrupted run's bits depend on (--resume compares them)
+        {"batch", std::to_string(c.batch)},
+        {"threads", std::to_string(omp_get_max_threads())},
+        {"mpi_ranks", std::to_string(replicas ? replicas->size() : 1)},
+        {"cpu_isa", Backend::cpu_isa()}};
     if (!ranges.empty()) {
         meta["int8_ranges"] = ranges;
         meta["int8_weight_bits"] = std::to_string(Backend::get().int8_bits());
@@ -361,6 +366,7 @@ int main(int argc, char** argv) {
     app.add_flag("--resume", c.resume, "Continue from RUN_DIR/checkpoint.safetensors");
     CLI11_PARSE(app, argc, argv);
 
+    std::string resume_notes;
     try {
         if (std::error_code ec; !fs::create_directories(c.out, ec) && ec)
             fail(c.out + ": cannot create the output folder (" + ec.message() + ")");
@@ -377,14 +383,26 @@ int main(int argc, char** argv) {
             check(c.frozen_precision != "int8" || bits != 8 || Backend::get().has_vnni(),
                   ckpt.string() + ": the run's int8 blocks have 8-bit weights, which this CPU (no VNNI) cannot run "
                                   "exactly; resume it on a CPU with VNNI");
+            // The rest of what the bits depend on may change (another machine after a crash, a
+            // smaller batch): the run goes on, but says it will not end as an uninterrupted one.
+            // Said after the split's check, which may still refuse the resume.
+            const std::pair<std::string, std::string> now[] = {
+                {"seed", std::to_string(c.seed)}, {"batch", std::to_string(c.batch)},
+                {"threads", std::to_string(omp_get_max_threads())},
+                {"mpi_ranks", std::to_string(replicas ? replicas->size() : 1)}, {"cpu_isa", Backend::cpu_isa()}};
+            auto said = [](const std::string& key, const std::string& v) {
+                return key == "threads"     ? v + (v == "1" ? " thread" : " threads")
+                       : key == "mpi_ranks" ? v + (v == "1" ? " MPI rank" : " MPI ranks")
+                       : key == "cpu_isa"   ? "oneDNN's " + v + " kernels"
+                                            : key + " " + v;
+            };
+            for (const auto& [key, value] : now)
+                if (const std::string was = file.meta(key, value); was != value)
+                    resume_notes += "note: " + ckpt.string() + ": the run trained with " + said(key, was) + ", this call has " +
+                                    said(key, value) + ": it goes on, but its bits will differ from an uninterrupted run's\n";
         }
         Backend::get().frozen_precision = app::precision_of(c.frozen_precision);  // (refused before the rewrite too)
         Backend::get().train_precision = app::precision_of(c.precision);
-        if (rank0) {
-            std::ofstream cfg(fs::path(c.out) / "config.toml");
-            cfg << app.config_to_str(true, false);
-            check(bool(cfg), c.out + "/config.toml: cannot write");
-        }
         Backend::get().winograd = c.conv == "winograd";
         const auto weights = io::SafeTensors::open(c.weights);
         const Layout layout = c.layout == "auto" ? layout_of(weights) : c.layout == "v1" ? Layout::v1 : Layout::v1_5;
@@ -423,7 +441,22 @@ int main(int argc, char** argv) {
         const auto split = c.split == "keras" ? data::split_keras(set.files, k, c.val_split)
                                               : data::split_stratified(set.files, k, c.val_split, c.seed);
         check(!split.train.empty() && !split.val.empty(), "the split left no training or no validation images");
-        if (rank0) data::write_split_tsv((fs::path(c.out) / "split.tsv").string(), set, split, c.data);
+        const std::string split_tsv = (fs::path(c.out) / "split.tsv").string();
+        if (rank0 && c.resume && fs::exists(fs::path(c.out) / "checkpoint.safetensors")) {
+            if (fs::exists(split_tsv))
+                data::check_same_split(split_tsv, set, split, c.data,
+                                       "resume with the run's --data, --max-per-class, --exclude, --split, --val-split "
+                                       "and --seed (its config.toml has them: --config " + c.out + "/config.toml)");
+            else
+                std::fprintf(stderr, "note: %s is missing, so nothing shows this split is the run's\n", split_tsv.c_str());
+        }
+        if (rank0) std::fputs(resume_notes.c_str(), stderr);
+        if (rank0) {  // after the resume's checks, so a refusal leaves the run folder as it was
+            std::ofstream cfg(fs::path(c.out) / "config.toml");
+            cfg << app.config_to_str(true, false);
+            check(bool(cfg), c.out + "/config.toml: cannot write");
+            data::write_split_tsv(split_tsv, set, split, c.data);
+        }
         std::printf("split: %zu train, %zu validation\n", split.train.size(), split.val.size());
 
         if (layout == Layout::v1)

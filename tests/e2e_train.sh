@@ -189,8 +189,18 @@ cp "$out/run/config.toml" "$out/config.before"
 [ $rc3 = 1 ] && grep -qF "checkpoint.safetensors: the run trained with --conv winograd; resume it with the same (this call has --conv direct)" "$out/conv.err" \
     || { echo "resume with another --conv: exit $rc3"; cat "$out/conv.err"; exit 1; }
 cmp "$out/config.before" "$out/run/config.toml"
-"$build/apps/train_cpu" "${args[@]}" --epochs2 2 --resume > "$out/resume.log"
+# Another seed carves another split: refused, or validation images could be ones it trained on.
+rc8=0
+"$build/apps/train_cpu" "${args[@]}" --epochs2 2 --resume --seed 2 > /dev/null 2> "$out/seed.err" || rc8=$?
+[ $rc8 = 1 ] && grep -qE "run/split.tsv: this call carves another split than the run did \([1-9][0-9]* files change subset, 0 are new, 0 are gone\)" "$out/seed.err" \
+    || { echo "resume with another split: exit $rc8"; cat "$out/seed.err"; exit 1; }
+cmp "$out/config.before" "$out/run/config.toml"
+# Another batch and instruction set go on, each with a note; nothing else differs, so no other note.
+ONEDNN_MAX_CPU_ISA=AVX "$build/apps/train_cpu" "${args[@]}" --epochs2 2 --resume --batch 4 > "$out/resume.log" 2> "$out/resume.err"
 grep -q "resuming phase 2 after epoch 1" "$out/resume.log" || { cat "$out/resume.log"; exit 1; }
+grep -qF "checkpoint.safetensors: the run trained with batch 8, this call has batch 4: it goes on, but its bits will differ" "$out/resume.err" \
+  && grep -qE "the run trained with oneDNN's [a-z0-9_]+ kernels, this call has oneDNN's avx kernels" "$out/resume.err" \
+  && [ "$(grep -c '^note: ' "$out/resume.err")" = 2 ] || { echo "resume's notes:"; cat "$out/resume.err"; exit 1; }
 /usr/bin/python3 - "$out" <<'PY'
 import csv, re, sys
 out = sys.argv[1]

@@ -163,6 +163,21 @@ public:
         }();
         return has;
     }
+    // The instruction set oneDNN picked its kernels for (ONEDNN_MAX_CPU_ISA can lower it), by
+    // oneDNN's name. Two runs with the same seed and threads give the same bits only on the
+    // same one: a checkpoint records it, and a resume elsewhere says its bits will differ.
+    static std::string cpu_isa() {
+        using i = dnnl::cpu_isa;
+        static const std::pair<i, const char*> names[] = {
+            {i::avx512_core_amx, "avx512_core_amx"}, {i::avx512_core_bf16, "avx512_core_bf16"},
+            {i::avx512_core_vnni, "avx512_core_vnni"}, {i::avx512_core, "avx512_core"},
+            {i::avx512_mic_4ops, "avx512_mic_4ops"}, {i::avx512_mic, "avx512_mic"}, {i::avx2_vnni, "avx2_vnni"},
+            {i::avx2, "avx2"}, {i::avx, "avx"}, {i::sse41, "sse41"}};
+        const unsigned isa = unsigned(dnnl::get_effective_cpu_isa());
+        for (const auto& [bits, name] : names)  // the widest whose bits are all set
+            if ((isa & unsigned(bits)) == unsigned(bits)) return name;
+        return "isa" + std::to_string(isa);
+    }
     // Bits of an int8 conv's weights (max |w| / 127 or / 63): 0 means this CPU's own, 8 with
     // VNNI and 7 without. A model file (and a checkpoint) records what it trained with;
     // evaluate, predict and train_cpu --resume set 7 where it had 7, so a model trained without

@@ -16,6 +16,7 @@
 #include <utility>
 #include <vector>
 
+#include "tlcpu/core/atomic_file.hpp"
 #include "tlcpu/core/error.hpp"
 #include "tlcpu/core/random.hpp"
 #include "tlcpu/io/image.hpp"
@@ -341,9 +342,16 @@ inline bool next_line(std::istream& in, std::string& line) {
 
 }  // namespace detail
 
-// "file<TAB>class<TAB>subset" with a header; file relative to root, subset train or val.
-inline void write_split_tsv(const std::string& path, const DecodedSet& set, const Split& split,
-                            const std::filesystem::path& root) {
+namespace detail {
+
+struct SplitRow {
+    std::string file, cls;  // file relative to the data folder
+    bool val;
+};
+
+// The split's files in the decoded set's order; path names the split file for errors.
+inline std::vector<SplitRow> split_rows(const std::string& path, const DecodedSet& set, const Split& split,
+                                        const std::filesystem::path& root) {
     std::vector<char> subset(set.files.size(), 0);
     for (int pass = 0; pass < 2; ++pass)
         for (int64_t i : pass ? split.val : split.train) {
@@ -353,19 +361,26 @@ inline void write_split_tsv(const std::string& path, const DecodedSet& set, cons
             if (subset[size_t(i)]) fail(path + ": " + set.files[size_t(i)].path + " is in the split twice");
             subset[size_t(i)] = char(pass ? 'v' : 't');
         }
-    std::ofstream out(path, std::ios::binary);
-    if (!out) fail(path + ": cannot write the split file");
-    out << "file\tclass\tsubset\n";
-    for (size_t i = 0; i < set.files.size(); ++i) {
-        if (!subset[i]) continue;
-        const std::string rel = detail::relative_to(set.files[i].path, root);
-        if (rel.find_first_of("\t\n\r") != std::string::npos)
-            fail(rel + ": a tab or newline in a file name cannot go in a TSV");
-        out << rel << '\t' << set.classes.at(size_t(set.files[i].label)) << '\t'
-            << (subset[i] == 'v' ? "val" : "train") << '\n';
+    std::vector<SplitRow> rows;
+    for (size_t i = 0; i < set.files.size(); ++i)
+        if (subset[i])
+            rows.push_back({relative_to(set.files[i].path, root), set.classes.at(size_t(set.files[i].label)), subset[i] == 'v'});
+    return rows;
+}
+
+}  // namespace detail
+
+// "file<TAB>class<TAB>subset" with a header; file relative to root, subset train or val.
+// Written atomically: a resume reads it back (check_same_split).
+inline void write_split_tsv(const std::string& path, const DecodedSet& set, const Split& split,
+                            const std::filesystem::path& root) {
+    std::string text = "file\tclass\tsubset\n";
+    for (const auto& r : detail::split_rows(path, set, split, root)) {
+        if (r.file.find_first_of("\t\n\r") != std::string::npos)
+            fail(r.file + ": a tab or newline in a file name cannot go in a TSV");
+        text += r.file + '\t' + r.cls + '\t' + (r.val ? "val" : "train") + '\n';
     }
-    out.flush();
-    if (!out) fail(path + ": write failed");
+    write_atomically(path, [&](FILE* f) { return std::fwrite(text.data(), 1, text.size(), f) == text.size(); });
 }
 
 // relative path -> "train" / "val".
@@ -386,6 +401,26 @@ inline std::map<std::string, std::string> read_split_tsv(const std::string& path
         if (!m.emplace(f[0], f[2]).second) fail(at + f[0] + " is listed twice");
     }
     return m;
+}
+
+// A resumed run must carve the split it started with, or images it trained on could land in
+// its validation set. Fails naming the split file and how this split differs from it.
+inline void check_same_split(const std::string& path, const DecodedSet& set, const Split& split,
+                             const std::filesystem::path& root, const std::string& how) {
+    auto was = read_split_tsv(path);
+    size_t moved = 0, added = 0;
+    for (const auto& r : detail::split_rows(path, set, split, root)) {
+        auto it = was.find(r.file);
+        if (it == was.end()) ++added;
+        else {
+            moved += (it->second == "val") != r.val;
+            was.erase(it);
+        }
+    }
+    if (moved || added || !was.empty())
+        fail(path + ": this call carves another split than the run did (" + std::to_string(moved) +
+             " files change subset, " + std::to_string(added) + " are new, " + std::to_string(was.size()) +
+             " are gone), so its validation images could include ones the run trained on; " + how);
 }
 
 // The split a split file describes, for these files. Every file must be listed; listed files
