@@ -55,6 +55,10 @@ void with_model(const io::SafeTensors& file, F&& f) {
     const std::string conv = file.meta("conv", "direct");
     check(conv == "winograd" || conv == "direct", file.path() + ": unknown conv algorithm '" + conv + "' in the metadata");
     Backend::get().winograd = conv == "winograd";
+    // Other kernels round otherwise: metrics.json then need not hold to the last digit.
+    if (const std::string isa = file.meta("cpu_isa"); !isa.empty() && isa != Backend::cpu_isa())
+        std::fprintf(stderr, "note: %s trained on oneDNN's %s kernels; this CPU runs its %s ones, so results can differ "
+                             "slightly from training's\n", file.path().c_str(), isa.c_str(), Backend::cpu_isa().c_str());
     auto build = [&]<Layout L, Depth D>() {
         auto net = std::make_unique<Classifier<ResNet50<L, 64, D>, dynamic>>(int(classes.size()));
         net->head.bn.config.eps = std::stof(file.meta("head_bn_eps", "1e-3"));

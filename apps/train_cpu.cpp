@@ -46,6 +46,22 @@ std::string fmt(double v) {
     return b;
 }
 
+// What an uninterrupted run's bits depend on besides the weights and the flags a resume
+// must keep: a checkpoint records them, and a resume with others goes on with a note.
+std::vector<std::pair<std::string, std::string>> bit_settings(const Config& c, const Replicas* replicas) {
+    return {{"seed", std::to_string(c.seed)},
+            {"batch", std::to_string(c.batch)},
+            {"threads", std::to_string(omp_get_max_threads())},
+            {"mpi_ranks", std::to_string(replicas ? replicas->size() : 1)},
+            {"cpu_isa", Backend::cpu_isa()}};
+}
+
+// What main establishes about the run before building the network, for its metadata.
+struct Provenance {
+    std::string split;     // fingerprint of the split's split.tsv text
+    std::string diverged;  // the bit settings resumes changed, "batch 8 -> batch 4; ...", kept by later checkpoints
+};
+
 template <class M>
 std::vector<EpochLogs> phase(M& model, Optimizer& opt, BatchSource& train, BatchSource& val, int number, int epochs,
                              const Config& c, ModelCheckpoint& best, CSVLogger* csv, std::function<void(const std::string&)> save,
@@ -81,7 +97,7 @@ std::vector<EpochLogs> phase(M& model, Optimizer& opt, BatchSource& train, Batch
 
 template <Layout L, Depth D>
 void run(const Config& c, const io::SafeTensors& weights, const Preprocessing& pre, const data::DecodedSet& set,
-         const data::Split& split, Replicas* replicas) {
+         const data::Split& split, const Provenance& prov, Replicas* replicas) {
     const bool rank0 = !replicas || replicas->rank() == 0;
     using Net = Classifier<ResNet50<L, 64, D>, dynamic>;
     const int k = int(set.classes.size());
@@ -149,11 +165,9 @@ void run(const Config& c, const io::SafeTensors& weights, const Preprocessing& p
                                                               fmt(pre.caffe_mean_bgr[1]) + " R=" + fmt(pre.caffe_mean_bgr[2])
                                                         : "torch"},
         {"head_bn_eps", fmt(net->head.bn.config.eps)},
-        // what else an uninterrupted run's bits depend on (--resume compares them)
-        {"batch", std::to_string(c.batch)},
-        {"threads", std::to_string(omp_get_max_threads())},
-        {"mpi_ranks", std::to_string(replicas ? replicas->size() : 1)},
-        {"cpu_isa", Backend::cpu_isa()}};
+        {"split", prov.split}};
+    for (const auto& [key, value] : bit_settings(c, replicas)) meta[key] = value;
+    if (!prov.diverged.empty()) meta["diverged"] = prov.diverged;
     if (!ranges.empty()) {
         meta["int8_ranges"] = ranges;
         meta["int8_weight_bits"] = std::to_string(Backend::get().int8_bits());
@@ -171,8 +185,7 @@ void run(const Config& c, const io::SafeTensors& weights, const Preprocessing& p
     data::FolderSource train(set, split.train, pre, aug, c.seed), val(set, split.val, pre);
     const std::string ckpt = (out / "checkpoint.safetensors").string();
     int resume_phase = 0;
-    if (c.resume) {
-        check(fs::exists(ckpt), ckpt + ": nothing to resume from");
+    if (c.resume) {  // (main has checked that it exists)
         resume_phase = std::stoi(io::SafeTensors::open(ckpt).meta("phase"));
     }
     ModelCheckpoint best({(out / "best.safetensors").string(), "val_loss", "auto", true});
@@ -367,40 +380,48 @@ int main(int argc, char** argv) {
     CLI11_PARSE(app, argc, argv);
 
     std::string resume_notes;
+    Provenance prov;
     try {
-        if (std::error_code ec; !fs::create_directories(c.out, ec) && ec)
-            fail(c.out + ": cannot create the output folder (" + ec.message() + ")");
-        if (const auto ckpt = fs::path(c.out) / "checkpoint.safetensors"; c.resume && fs::exists(ckpt)) {
+        const std::string ckpt = (fs::path(c.out) / "checkpoint.safetensors").string();
+        std::string ckpt_split;  // the split the checkpoint trained on (runs from before it was recorded: "")
+        if (c.resume) {
+            // Checked before anything in the run folder is rewritten, so a refusal changes nothing.
+            check(fs::exists(ckpt), ckpt + ": nothing to resume from");
+            const auto file = io::SafeTensors::open(ckpt);
             // The bits of an uninterrupted run need the same conv kernels (runs from before
-            // --conv: direct). Checked before config.toml is rewritten, so a refusal changes nothing.
-            const auto file = io::SafeTensors::open(ckpt.string());
-            const std::string was = file.meta("conv", "direct");
-            check(was == c.conv, ckpt.string() + ": the run trained with --conv " + was +
-                                     "; resume it with the same (this call has --conv " + c.conv + ")");
+            // --conv: direct).
+            const std::string conv = file.meta("conv", "direct");
+            check(conv == c.conv, ckpt + ": the run trained with --conv " + conv +
+                                      "; resume it with the same (this call has --conv " + c.conv + ")");
             // and its int8 blocks' weights: 7 bits run anywhere, 8 only with VNNI
             const int bits = app::int8_bits_of(file);
             if (c.frozen_precision == "int8" && bits == 7) Backend::get().int8_weight_bits = 7;
             check(c.frozen_precision != "int8" || bits != 8 || Backend::get().has_vnni(),
-                  ckpt.string() + ": the run's int8 blocks have 8-bit weights, which this CPU (no VNNI) cannot run "
-                                  "exactly; resume it on a CPU with VNNI");
-            // The rest of what the bits depend on may change (another machine after a crash, a
-            // smaller batch): the run goes on, but says it will not end as an uninterrupted one.
-            // Said after the split's check, which may still refuse the resume.
-            const std::pair<std::string, std::string> now[] = {
-                {"seed", std::to_string(c.seed)}, {"batch", std::to_string(c.batch)},
-                {"threads", std::to_string(omp_get_max_threads())},
-                {"mpi_ranks", std::to_string(replicas ? replicas->size() : 1)}, {"cpu_isa", Backend::cpu_isa()}};
+                  ckpt + ": the run's int8 blocks have 8-bit weights, which this CPU (no VNNI) cannot run "
+                         "exactly; resume it on a CPU with VNNI");
+            // The rest may change (another machine after a crash, a smaller batch): the run goes
+            // on, saying it will not end as an uninterrupted one would; said after the split's
+            // check below, which may still refuse.
             auto said = [](const std::string& key, const std::string& v) {
                 return key == "threads"     ? v + (v == "1" ? " thread" : " threads")
                        : key == "mpi_ranks" ? v + (v == "1" ? " MPI rank" : " MPI ranks")
                        : key == "cpu_isa"   ? "oneDNN's " + v + " kernels"
                                             : key + " " + v;
             };
-            for (const auto& [key, value] : now)
-                if (const std::string was = file.meta(key, value); was != value)
-                    resume_notes += "note: " + ckpt.string() + ": the run trained with " + said(key, was) + ", this call has " +
+            prov.diverged = file.meta("diverged");
+            for (const auto& [key, value] : bit_settings(c, replicas))
+                if (const std::string was = file.meta(key, value); was != value) {
+                    resume_notes += "note: " + ckpt + ": the run trained with " + said(key, was) + ", this call has " +
                                     said(key, value) + ": it goes on, but its bits will differ from an uninterrupted run's\n";
+                    prov.diverged += (prov.diverged.empty() ? "" : "; ") + said(key, was) + " -> " + said(key, value);
+                }
+            if (resume_notes.empty() && !prov.diverged.empty())
+                resume_notes = "note: " + ckpt + ": an earlier resume changed " + prov.diverged +
+                               ", so its bits already differ from an uninterrupted run's\n";
+            ckpt_split = file.meta("split");
         }
+        if (std::error_code ec; !fs::create_directories(c.out, ec) && ec)
+            fail(c.out + ": cannot create the output folder (" + ec.message() + ")");
         Backend::get().frozen_precision = app::precision_of(c.frozen_precision);  // (refused before the rewrite too)
         Backend::get().train_precision = app::precision_of(c.precision);
         Backend::get().winograd = c.conv == "winograd";
@@ -442,29 +463,37 @@ int main(int argc, char** argv) {
                                               : data::split_stratified(set.files, k, c.val_split, c.seed);
         check(!split.train.empty() && !split.val.empty(), "the split left no training or no validation images");
         const std::string split_tsv = (fs::path(c.out) / "split.tsv").string();
-        if (rank0 && c.resume && fs::exists(fs::path(c.out) / "checkpoint.safetensors")) {
-            if (fs::exists(split_tsv))
+        const std::string split_text = data::split_tsv_text(split_tsv, set, split, c.data);
+        prov.split = fingerprint_hex(fnv1a64(split_text.data(), split_text.size()));
+        if (rank0 && c.resume) {
+            if (fs::exists(split_tsv))  // names what moved
                 data::check_same_split(split_tsv, set, split, c.data,
-                                       "resume with the run's --data, --max-per-class, --exclude, --split, --val-split "
-                                       "and --seed (its config.toml has them: --config " + c.out + "/config.toml)");
-            else
+                                       "resume with the run's --data, --max-per-class, --exclude, --split, --val-split and "
+                                       "--seed (its config.toml has them: --config " + (fs::path(c.out) / "config.toml").string() + ")");
+            // split.tsv may be a later run's, started in this folder without --resume and
+            // stopped before its first checkpoint
+            check(ckpt_split.empty() || ckpt_split == prov.split,
+                  ckpt + ": the run trained on another split than this call carves" +
+                      (fs::exists(split_tsv) ? " and " + split_tsv + " lists (a later run's, started in this folder without --resume?)" : "") +
+                      "; resume it with its own settings, or start a new run in another folder");
+            if (ckpt_split.empty() && !fs::exists(split_tsv))
                 std::fprintf(stderr, "note: %s is missing, so nothing shows this split is the run's\n", split_tsv.c_str());
         }
-        if (rank0) std::fputs(resume_notes.c_str(), stderr);
         if (rank0) {  // after the resume's checks, so a refusal leaves the run folder as it was
-            std::ofstream cfg(fs::path(c.out) / "config.toml");
-            cfg << app.config_to_str(true, false);
-            check(bool(cfg), c.out + "/config.toml: cannot write");
+            std::fputs(resume_notes.c_str(), stderr);
+            const std::string cfg = app.config_to_str(true, false);
+            write_atomically((fs::path(c.out) / "config.toml").string(),
+                             [&](FILE* f) { return std::fwrite(cfg.data(), 1, cfg.size(), f) == cfg.size(); });
             data::write_split_tsv(split_tsv, set, split, c.data);
         }
         std::printf("split: %zu train, %zu validation\n", split.train.size(), split.val.size());
 
         if (layout == Layout::v1)
-            c5 ? run<Layout::v1, Depth::c5>(c, weights, pre, set, split, replicas)
-               : run<Layout::v1, Depth::c4>(c, weights, pre, set, split, replicas);
+            c5 ? run<Layout::v1, Depth::c5>(c, weights, pre, set, split, prov, replicas)
+               : run<Layout::v1, Depth::c4>(c, weights, pre, set, split, prov, replicas);
         else
-            c5 ? run<Layout::v1_5, Depth::c5>(c, weights, pre, set, split, replicas)
-               : run<Layout::v1_5, Depth::c4>(c, weights, pre, set, split, replicas);
+            c5 ? run<Layout::v1_5, Depth::c5>(c, weights, pre, set, split, prov, replicas)
+               : run<Layout::v1_5, Depth::c4>(c, weights, pre, set, split, prov, replicas);
     } catch (const std::exception& e) {
 #ifdef TLCPU_WITH_MPI
         if (replicas) dist::abort(e.what());  // the other ranks may be waiting in a collective

@@ -19,7 +19,7 @@ for f in config.toml split.tsv history.csv best.safetensors checkpoint.safetenso
   [ -s "$out/run/$f" ] || { echo "missing or empty: $f"; cat "$out/train.log"; exit 1; }
 done
 "$build/apps/evaluate" --model "$out/run/best.safetensors" --data "$shared/data/brain-tumor-mri/Training" \
-  --split "$out/run/split.tsv" --json "$out/eval.json" > "$out/eval.log"
+  --split "$out/run/split.tsv" --json "$out/eval.json" > "$out/eval.log" 2> "$out/eval.err"
 /usr/bin/python3 - "$out" <<'PY'
 import csv, json, sys
 out = sys.argv[1]
@@ -37,6 +37,13 @@ assert cfg["augment"] is True and cfg["flip"] is True and cfg["resume"] is False
 html = open(f"{out}/run/report.html").read()
 assert "<svg" in html and "data:image/png;base64" in html and "not test accuracy" in html
 PY
+# Evaluated on other kernels than it trained on (an AVX-only CPU, as oneDNN is told to see
+# this one), it says its figures may differ from metrics.json's; on the same ones, nothing.
+ONEDNN_MAX_CPU_ISA=AVX "$build/apps/evaluate" --model "$out/run/best.safetensors" --data "$shared/data/brain-tumor-mri/Training" \
+  --split "$out/run/split.tsv" > /dev/null 2> "$out/eval_avx.err"
+grep -qE "^note: .*run/best.safetensors trained on oneDNN's [a-z0-9_]+ kernels; this CPU runs its avx ones, so results can differ slightly from training's$" \
+  "$out/eval_avx.err" || { echo "no note on other kernels"; cat "$out/eval_avx.err"; exit 1; }
+! grep -q "kernels" "$out/eval.err" || { echo "a note on the kernels it trained on"; cat "$out/eval.err"; exit 1; }
 # predict on four validation images and one text file named .jpg: every real image gets a
 # class, probabilities summing to 1 and a Grad-CAM PNG; the bad file is named, exit code 1.
 mapfile -t val < <(awk -F'\t' '$3 == "val" {print $1}' "$out/run/split.tsv" | head -4)
@@ -189,18 +196,37 @@ cp "$out/run/config.toml" "$out/config.before"
 [ $rc3 = 1 ] && grep -qF "checkpoint.safetensors: the run trained with --conv winograd; resume it with the same (this call has --conv direct)" "$out/conv.err" \
     || { echo "resume with another --conv: exit $rc3"; cat "$out/conv.err"; exit 1; }
 cmp "$out/config.before" "$out/run/config.toml"
-# Another seed carves another split: refused, or validation images could be ones it trained on.
+# Another seed carves another split: refused, or validation images could be ones it trained
+# on; nothing rewritten, no note about the seed's bits (the refusal comes first).
 rc8=0
+cp "$out/run/split.tsv" "$out/split.before"
 "$build/apps/train_cpu" "${args[@]}" --epochs2 2 --resume --seed 2 > /dev/null 2> "$out/seed.err" || rc8=$?
-[ $rc8 = 1 ] && grep -qE "run/split.tsv: this call carves another split than the run did \([1-9][0-9]* files change subset, 0 are new, 0 are gone\)" "$out/seed.err" \
-    || { echo "resume with another split: exit $rc8"; cat "$out/seed.err"; exit 1; }
-cmp "$out/config.before" "$out/run/config.toml"
-# Another batch and instruction set go on, each with a note; nothing else differs, so no other note.
+[ $rc8 = 1 ] && grep -qE "run/split.tsv: this call carves another split than the run did \(files in the other subset: [1-9][0-9]*, new: 0, gone: 0\)" "$out/seed.err" \
+  && ! grep -q "^note:" "$out/seed.err" || { echo "resume with another split: exit $rc8"; cat "$out/seed.err"; exit 1; }
+cmp "$out/config.before" "$out/run/config.toml" && cmp "$out/split.before" "$out/run/split.tsv"
+# A split.tsv that a later run wrote (started here without --resume, stopped before its first
+# checkpoint) does not make the checkpoint's split: the checkpoint records its own.
+"$build/apps/train_cpu" "${common[@]}" --seed 2 --epochs1 1 --epochs2 0 --out "$out/seed2" > /dev/null
+cp -r "$out/run" "$out/stale" && cp "$out/seed2/split.tsv" "$out/stale/split.tsv"
+rc9=0
+"$build/apps/train_cpu" "${common[@]}" --seed 2 --epochs2 2 --resume --out "$out/stale" > /dev/null 2> "$out/stale.err" || rc9=$?
+[ $rc9 = 1 ] && grep -qF "stale/checkpoint.safetensors: the run trained on another split than this call carves and $out/stale/split.tsv lists (a later run's, started in this folder without --resume?)" "$out/stale.err" \
+  || { echo "resume on a later run's split.tsv: exit $rc9"; cat "$out/stale.err"; exit 1; }
+# Another batch and instruction set go on, each with a note (one if the run's was avx too);
+# nothing else differs, so no other note.
+meta() {  # a safetensors file's metadata value
+  /usr/bin/python3 -c 'import json, struct, sys; f = open(sys.argv[1], "rb"); n = struct.unpack("<Q", f.read(8))[0]; print(json.loads(f.read(n))["__metadata__"][sys.argv[2]])' "$1" "$2"
+}
+isa=$(meta "$out/run/checkpoint.safetensors" cpu_isa)
+notes=2 && [ "$isa" = avx ] && notes=1
 ONEDNN_MAX_CPU_ISA=AVX "$build/apps/train_cpu" "${args[@]}" --epochs2 2 --resume --batch 4 > "$out/resume.log" 2> "$out/resume.err"
 grep -q "resuming phase 2 after epoch 1" "$out/resume.log" || { cat "$out/resume.log"; exit 1; }
 grep -qF "checkpoint.safetensors: the run trained with batch 8, this call has batch 4: it goes on, but its bits will differ" "$out/resume.err" \
-  && grep -qE "the run trained with oneDNN's [a-z0-9_]+ kernels, this call has oneDNN's avx kernels" "$out/resume.err" \
-  && [ "$(grep -c '^note: ' "$out/resume.err")" = 2 ] || { echo "resume's notes:"; cat "$out/resume.err"; exit 1; }
+  && { [ $notes = 1 ] || grep -qF "the run trained with oneDNN's $isa kernels, this call has oneDNN's avx kernels" "$out/resume.err"; } \
+  && [ "$(grep -c '^note: ' "$out/resume.err")" = $notes ] || { echo "resume's notes:"; cat "$out/resume.err"; exit 1; }
+# Its checkpoints keep saying so, and a later resume with the same settings repeats it.
+diverged="batch 8 -> batch 4" && [ $notes = 2 ] && diverged+="; oneDNN's $isa kernels -> oneDNN's avx kernels"
+[ "$(meta "$out/run/checkpoint.safetensors" diverged)" = "$diverged" ] || { meta "$out/run/checkpoint.safetensors" diverged; exit 1; }
 /usr/bin/python3 - "$out" <<'PY'
 import csv, re, sys
 out = sys.argv[1]
@@ -210,4 +236,7 @@ assert [(r["phase"], r["epoch"]) for r in rows] == [("1", "0"), ("2", "0"), ("2"
 resumed = re.search(r"resuming phase 2 after epoch 1, fingerprint ([0-9a-f]{16})", open(f"{out}/resume.log").read()).group(1)
 assert resumed == rows[1]["fingerprint"] != rows[2]["fingerprint"], (resumed, rows)
 PY
+ONEDNN_MAX_CPU_ISA=AVX "$build/apps/train_cpu" "${args[@]}" --epochs2 2 --resume --batch 4 > /dev/null 2> "$out/resume2.err"
+[ "$(cat "$out/resume2.err")" = "note: $out/run/checkpoint.safetensors: an earlier resume changed $diverged, so its bits already differ from an uninterrupted run's" ] \
+  || { echo "a later resume's note:"; cat "$out/resume2.err"; exit 1; }
 echo "e2e: train_cpu, evaluate and resume agree"

@@ -371,15 +371,22 @@ inline std::vector<SplitRow> split_rows(const std::string& path, const DecodedSe
 }  // namespace detail
 
 // "file<TAB>class<TAB>subset" with a header; file relative to root, subset train or val.
-// Written atomically: a resume reads it back (check_same_split).
-inline void write_split_tsv(const std::string& path, const DecodedSet& set, const Split& split,
-                            const std::filesystem::path& root) {
+// path names the split file for errors.
+inline std::string split_tsv_text(const std::string& path, const DecodedSet& set, const Split& split,
+                                  const std::filesystem::path& root) {
     std::string text = "file\tclass\tsubset\n";
     for (const auto& r : detail::split_rows(path, set, split, root)) {
         if (r.file.find_first_of("\t\n\r") != std::string::npos)
             fail(r.file + ": a tab or newline in a file name cannot go in a TSV");
         text += r.file + '\t' + r.cls + '\t' + (r.val ? "val" : "train") + '\n';
     }
+    return text;
+}
+
+// Written atomically: a resume reads it back (check_same_split).
+inline void write_split_tsv(const std::string& path, const DecodedSet& set, const Split& split,
+                            const std::filesystem::path& root) {
+    const std::string text = split_tsv_text(path, set, split, root);
     write_atomically(path, [&](FILE* f) { return std::fwrite(text.data(), 1, text.size(), f) == text.size(); });
 }
 
@@ -404,7 +411,9 @@ inline std::map<std::string, std::string> read_split_tsv(const std::string& path
 }
 
 // A resumed run must carve the split it started with, or images it trained on could land in
-// its validation set. Fails naming the split file and how this split differs from it.
+// its validation set, and the val_loss its callbacks compare would be measured on other
+// images. Fails naming the split file, how the split differs and what to do: how, for
+// settings that move files between the subsets.
 inline void check_same_split(const std::string& path, const DecodedSet& set, const Split& split,
                              const std::filesystem::path& root, const std::string& how) {
     auto was = read_split_tsv(path);
@@ -417,10 +426,15 @@ inline void check_same_split(const std::string& path, const DecodedSet& set, con
             was.erase(it);
         }
     }
-    if (moved || added || !was.empty())
-        fail(path + ": this call carves another split than the run did (" + std::to_string(moved) +
-             " files change subset, " + std::to_string(added) + " are new, " + std::to_string(was.size()) +
-             " are gone), so its validation images could include ones the run trained on; " + how);
+    const std::string counts = "(files in the other subset: " + std::to_string(moved) + ", new: " + std::to_string(added) +
+                               ", gone: " + std::to_string(was.size()) + ")";
+    if (moved)
+        fail(path + ": this call carves another split than the run did " + counts +
+             ", so its validation images could include ones the run trained on; " + how);
+    if (added || !was.empty())
+        fail(path + ": the data folder's images changed since the run began " + counts +
+             ", so its validation set would not be the one its val_loss so far was measured on; restore them, or "
+             "start a new run in another folder");
 }
 
 // The split a split file describes, for these files. Every file must be listed; listed files
