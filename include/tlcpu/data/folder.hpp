@@ -340,10 +340,6 @@ inline bool next_line(std::istream& in, std::string& line) {
     return true;
 }
 
-}  // namespace detail
-
-namespace detail {
-
 struct SplitRow {
     std::string file, cls;  // file relative to the data folder
     bool val;
