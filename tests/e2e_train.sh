@@ -224,7 +224,7 @@ grep -q "resuming phase 2 after epoch 1" "$out/resume.log" || { cat "$out/resume
 grep -qF "checkpoint.safetensors: the run trained with batch 8, this call has batch 4: it goes on, but its bits will differ" "$out/resume.err" \
   && { [ $notes = 1 ] || grep -qF "the run trained with oneDNN's $isa kernels, this call has oneDNN's avx kernels" "$out/resume.err"; } \
   && [ "$(grep -c '^note: ' "$out/resume.err")" = $notes ] || { echo "resume's notes:"; cat "$out/resume.err"; exit 1; }
-# Its checkpoints keep saying so, and a later resume with the same settings repeats it.
+# Its checkpoints keep saying so (and a later resume repeats it: last, below).
 diverged="batch 8 -> batch 4" && [ $notes = 2 ] && diverged+="; oneDNN's $isa kernels -> oneDNN's avx kernels"
 [ "$(meta "$out/run/checkpoint.safetensors" diverged)" = "$diverged" ] || { meta "$out/run/checkpoint.safetensors" diverged; exit 1; }
 /usr/bin/python3 - "$out" <<'PY'
@@ -236,6 +236,7 @@ assert [(r["phase"], r["epoch"]) for r in rows] == [("1", "0"), ("2", "0"), ("2"
 resumed = re.search(r"resuming phase 2 after epoch 1, fingerprint ([0-9a-f]{16})", open(f"{out}/resume.log").read()).group(1)
 assert resumed == rows[1]["fingerprint"] != rows[2]["fingerprint"], (resumed, rows)
 PY
+# A later resume with the resumed run's settings: the earlier change's note, alone.
 ONEDNN_MAX_CPU_ISA=AVX "$build/apps/train_cpu" "${args[@]}" --epochs2 2 --resume --batch 4 > /dev/null 2> "$out/resume2.err"
 [ "$(cat "$out/resume2.err")" = "note: $out/run/checkpoint.safetensors: an earlier resume changed $diverged, so its bits already differ from an uninterrupted run's" ] \
   || { echo "a later resume's note:"; cat "$out/resume2.err"; exit 1; }
